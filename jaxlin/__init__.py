@@ -1,0 +1,34 @@
+"""jaxlin: the lecture's linear regression by minibatch SGD, as pure JAX functions."""
+
+from jaxlin.data import SEED_B, SEED_W, Splits, minibatches, synthetic_data, synthetic_splits
+from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
+from jaxlin.optim import clip_by_global_norm, global_norm, sgd
+from jaxlin.shuffle import epoch_key, permutation, permute_indices
+from jaxlin.train import ENGINES, History, TrainingDiverged, fit, train_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ENGINES",
+    "SEED_B",
+    "SEED_W",
+    "History",
+    "Splits",
+    "TrainingDiverged",
+    "clip_by_global_norm",
+    "epoch_key",
+    "estimation_error",
+    "fit",
+    "global_norm",
+    "init_params",
+    "linreg",
+    "loss_fn",
+    "minibatches",
+    "permutation",
+    "permute_indices",
+    "sgd",
+    "squared_loss",
+    "synthetic_data",
+    "synthetic_splits",
+    "train_step",
+]

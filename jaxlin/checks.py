@@ -1,0 +1,113 @@
+"""Input checks shared by the public API: fail early, name the argument.
+
+Every public function calls these before any device work, so a bad argument
+gives one clear ``ValueError``/``TypeError`` instead of a trace from inside
+XLA or a silent NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int ``>= 1``; bools and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return int(value)
+
+
+def finite_float(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """``value`` as a finite Python float, optionally ``> 0`` or ``>= 0``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+def key(name: str, value) -> jax.Array:
+    """A typed ``jax.random.key`` (legacy uint32 keys are wrapped)."""
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        if value.shape != ():
+            raise ValueError(f"{name} must be a single key, got a key array of shape {value.shape}")
+        return value
+    if isinstance(value, jax.Array) and value.dtype == jnp.uint32 and value.shape == (2,):
+        return jax.random.wrap_key_data(value)
+    raise TypeError(f"{name} must be a jax.random.key(seed), got {type(value).__name__}")
+
+
+def float_array(name: str, value, *, ndim: tuple[int, ...], finite: bool = True) -> jax.Array:
+    """``value`` as a float32/float64 jax array of one of the ranks ``ndim``.
+
+    Integer, boolean, float16 and complex inputs are refused rather than cast:
+    a silent cast hides a data bug. With ``finite``, NaN or Inf is an error.
+    """
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}")
+    if np.dtype(value.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {value.dtype}")
+    if value.ndim not in ndim:
+        want = " or ".join(f"{d}-D" for d in ndim)
+        raise ValueError(f"{name} must be {want}, got shape {tuple(value.shape)}")
+    if 0 in value.shape:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
+    if finite and not _all_finite(value):
+        raise ValueError(f"{name} contains NaN or Inf values")
+    return jnp.asarray(value)
+
+
+def _all_finite(value) -> bool:
+    """``isfinite(value).all()``, on the host when the data is there (no compile per shape)."""
+    on_host = not isinstance(value, jax.Array) or all(d.platform == "cpu" for d in value.devices())
+    if on_host:
+        return bool(np.isfinite(np.asarray(value)).all())
+    return bool(jnp.isfinite(value).all())
+
+
+def dataset(name: str, pair, num_inputs: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """An ``(X, y)`` pair as ``X: (n, d)`` and ``y: (n, 1)``, shapes checked."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise TypeError(f"{name} must be an (X, y) pair, got {type(pair).__name__}")
+    X = float_array(f"{name} X", pair[0], ndim=(2,))
+    y = float_array(f"{name} y", pair[1], ndim=(1, 2))
+    if y.ndim == 2 and y.shape[1] != 1:
+        raise ValueError(f"{name} y must have shape (n,) or (n, 1), got {tuple(y.shape)}")
+    if y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"{name} y has {y.shape[0]} examples but {name} X has {X.shape[0]}; they must match"
+        )
+    if num_inputs is not None and X.shape[1] != num_inputs:
+        raise ValueError(f"{name} X has {X.shape[1]} features but params['w'] expects {num_inputs}")
+    return X, y.reshape(-1, 1)
+
+
+def params(value) -> int:
+    """Checks a ``{"w": (d, 1), "b": (1,)}`` pytree; returns ``d``."""
+    if not isinstance(value, dict) or set(value) != {"w", "b"}:
+        raise TypeError(f"params must be a dict with keys 'w' and 'b', got {value!r:.80}")
+    w, b = value["w"], value["b"]
+    for k, v in (("w", w), ("b", b)):
+        if not hasattr(v, "dtype") or np.dtype(v.dtype) not in FLOAT_DTYPES:
+            raise TypeError(f"params[{k!r}] must be a float32/float64 array")
+    if w.ndim != 2 or w.shape[1] != 1 or w.shape[0] < 1:
+        raise ValueError(f"params['w'] must have shape (d, 1), got {tuple(w.shape)}")
+    if tuple(b.shape) != (1,):
+        raise ValueError(f"params['b'] must have shape (1,), got {tuple(b.shape)}")
+    return int(w.shape[0])

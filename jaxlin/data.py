@@ -1,0 +1,124 @@
+"""Synthetic regression data and the from-scratch minibatch iterator.
+
+The seed's ``SyntheticRegressionData`` draws from PyTorch's global RNG and
+keeps ``X``/``y`` as attributes; here a generator takes an explicit key and
+returns arrays, so the same key always gives the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxlin import checks
+from jaxlin.shuffle import permutation
+
+SEED_W = (2.0, -3.4)  # the lecture's true parameters
+SEED_B = 4.2
+
+
+class Splits(NamedTuple):
+    """Train / validation (/ test) ``(X, y)`` pairs drawn from one key, with the truth."""
+
+    train: tuple[jax.Array, jax.Array]
+    val: tuple[jax.Array, jax.Array]
+    test: tuple[jax.Array, jax.Array] | None
+    w: jax.Array  # (d,) true weights
+    b: jax.Array  # () true bias
+
+
+def _true_params(w, b) -> tuple[jax.Array, jax.Array]:
+    """Checks and converts the true ``w`` (1-D, d >= 1) and scalar ``b``."""
+    w = checks.float_array("w", np.asarray(w, dtype=np.float32), ndim=(1,))
+    b = checks.finite_float("b", b) if np.ndim(b) == 0 else None
+    if b is None:
+        raise ValueError("b must be a scalar")
+    return w, jnp.asarray(b, w.dtype)
+
+
+def synthetic_data(
+    key: jax.Array, w: ArrayLike, b: float, num_examples: int, noise: float = 0.01
+) -> tuple[jax.Array, jax.Array]:
+    """``X ~ N(0, 1)`` of shape ``(n, d)`` and ``y = X w + b + noise * N(0, 1)``, ``(n, 1)``.
+
+    Example:
+      >>> X, y = synthetic_data(jax.random.key(0), [2.0, -3.4], 4.2, 1000)
+      >>> X.shape, y.shape
+      ((1000, 2), (1000, 1))
+    """
+    key = checks.key("key", key)
+    w, b = _true_params(w, b)
+    num_examples = checks.positive_int("num_examples", num_examples)
+    noise = checks.finite_float("noise", noise, nonnegative=True)
+    key_x, key_noise = jax.random.split(key)
+    X = jax.random.normal(key_x, (num_examples, w.shape[0]), w.dtype)
+    eps = noise * jax.random.normal(key_noise, (num_examples, 1), w.dtype)
+    return X, X @ w.reshape(-1, 1) + b + eps
+
+
+def synthetic_splits(
+    key: jax.Array,
+    w: ArrayLike = SEED_W,
+    b: float = SEED_B,
+    *,
+    num_train: int = 1000,
+    num_val: int = 1000,
+    num_test: int = 0,
+    noise: float = 0.01,
+) -> Splits:
+    """The seed's dataset: one draw of ``num_train + num_val (+ num_test)`` rows, split in order.
+
+    The lecture's defaults (w = [2, -3.4], b = 4.2, 1000 + 1000 examples).
+    ``num_test > 0`` adds the third split the lecture recommends for the final
+    evaluation, kept apart from the validation set used to pick hyperparameters.
+    """
+    num_train = checks.positive_int("num_train", num_train)
+    num_val = checks.positive_int("num_val", num_val)
+    if isinstance(num_test, bool) or not isinstance(num_test, int) or num_test < 0:
+        raise ValueError(f"num_test must be an int >= 0, got {num_test!r}")
+    X, y = synthetic_data(key, w, b, num_train + num_val + num_test, noise)
+    cut = (num_train, num_train + num_val)
+    test = (X[cut[1] :], y[cut[1] :]) if num_test else None
+    w_true, b_true = _true_params(w, b)
+    return Splits(
+        (X[: cut[0]], y[: cut[0]]), (X[cut[0] : cut[1]], y[cut[0] : cut[1]]), test, w_true, b_true
+    )
+
+
+def minibatches(
+    X: ArrayLike, y: ArrayLike, batch_size: int, *, key: jax.Array | None = None
+) -> Iterator[tuple[jax.Array, jax.Array]]:
+    """The seed's from-scratch ``get_dataloader``: ``(X_batch, y_batch)`` pairs, one epoch.
+
+    With a ``key`` the examples are read in the order of ``jaxlin.shuffle.permutation
+    (key, n)`` (training); without one, in order (validation). The last batch is
+    smaller when ``batch_size`` does not divide ``n``, as in the seed. Every
+    example appears exactly once. Arguments are checked now, not at first ``next``.
+    """
+    if not hasattr(X, "shape") or len(X.shape) != 2:
+        raise ValueError(f"X must be 2-D (n, d), got {getattr(X, 'shape', type(X).__name__)}")
+    if not hasattr(y, "shape") or len(y.shape) not in (1, 2) or y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"y must have shape (n,) or (n, 1) with n = {X.shape[0]} (X's rows), "
+            f"got {getattr(y, 'shape', type(y).__name__)}"
+        )
+    batch_size = checks.positive_int("batch_size", batch_size)
+    n = int(X.shape[0])
+    order = None if key is None else np.asarray(permutation(checks.key("key", key), n))
+    return _batches(jnp.asarray(X), jnp.asarray(y), batch_size, order)
+
+
+def _batches(X, y, batch_size, order):
+    """The generator behind ``minibatches``: slices (in order) or gathers (shuffled)."""
+    n = X.shape[0]
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield X[start : start + batch_size], y[start : start + batch_size]
+        else:
+            idx = jnp.asarray(order[start : start + batch_size])
+            yield X[idx], y[idx]

@@ -1,0 +1,228 @@
+"""Training: the jitted train step, the compiled epoch, and ``fit``.
+
+The seed's ``Trainer.fit_epoch`` loops over a data loader, calls ``backward``
+and ``optim.step`` on objects that change in place. Here one step is the pure
+function ``(params, X, y) -> (new params, loss)`` built from ``jax.value_and_grad``,
+and ``fit`` runs it with one of three engines that give the same result:
+
+* ``"scan"`` (default): every epoch is one ``lax.scan`` over its minibatches
+  inside one ``jax.jit``; the shuffle, the batch gather, the steps and the
+  validation loss all run on the device, with no host round trip per step.
+* ``"step"``: the jitted step in a Python loop over ``minibatches``.
+* ``"eager"``: the same loop without ``jit``, op by op, as in the lecture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxlin import checks
+from jaxlin.data import minibatches
+from jaxlin.model import Params, loss_fn
+from jaxlin.optim import clip_by_global_norm, sgd
+from jaxlin.shuffle import epoch_key, padded_permutation
+
+ENGINES = ("scan", "step", "eager")
+
+
+class History(NamedTuple):
+    """What ``fit`` records, as numpy arrays (read once per epoch or run, never per step).
+
+    ``train_loss``: ``(epochs, steps_per_epoch)``, the batch loss of every step
+    before that step's update (what ``value_and_grad`` returns).
+    ``val_loss``: ``(epochs,)``, the mean loss on the whole validation set after
+    each epoch, or ``None`` when ``fit`` had no validation data.
+    """
+
+    train_loss: np.ndarray
+    val_loss: np.ndarray | None
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss or the parameters stopped being finite."""
+
+
+def _step(params: Params, X: jax.Array, y: jax.Array, lr: ArrayLike, clip: ArrayLike):
+    """One minibatch SGD step: gradient, optional clipping, update; returns ``(params, loss)``."""
+    loss, grads = jax.value_and_grad(loss_fn)(params, X, y)
+    return sgd(params, clip_by_global_norm(grads, clip), lr), loss
+
+
+_jitted_step = jax.jit(_step)
+
+
+def train_step(
+    params: Params, X: ArrayLike, y: ArrayLike, lr: ArrayLike, gradient_clip_val: ArrayLike = 0.0
+) -> tuple[Params, jax.Array]:
+    """The seed's ``training_step`` + ``backward`` + ``optim.step``, jitted: ``(params, loss)``.
+
+    ``lr`` and ``gradient_clip_val`` are traced, so changing them does not
+    recompile; a new batch shape (the smaller last batch) compiles once more.
+    """
+    return _jitted_step(params, X, y, lr, gradient_clip_val)
+
+
+def _epoch_batches(order: jax.Array, n: int, batch_size: int):
+    """An epoch's order (length >= n) as full batches ``(k, B)`` and the rest ``(n - kB,)``."""
+    full = n // batch_size
+    return order[: full * batch_size].reshape(full, batch_size), order[full * batch_size : n]
+
+
+@partial(jax.jit, static_argnames=("batch_size", "shuffle", "num_epochs"))
+def _scan_epochs(params, X, y, val, key, first_epoch, lr, clip, *, batch_size, shuffle, num_epochs):
+    """``num_epochs`` epochs as one XLA program: returns ``(params, (losses, val_losses))``."""
+    n = X.shape[0]
+
+    def step_on(params, idx):
+        Xb = X.at[idx].get(mode="promise_in_bounds")
+        yb = y.at[idx].get(mode="promise_in_bounds")
+        return _step(params, Xb, yb, lr, clip)
+
+    def epoch(params, e):
+        if shuffle:
+            order = padded_permutation(epoch_key(key, e), n)
+        else:
+            order = jnp.arange(n, dtype=jnp.int32)
+        full, rest = _epoch_batches(order, n, batch_size)
+        params, losses = jax.lax.scan(step_on, params, full)
+        if rest.shape[0]:  # the seed's smaller last batch: a real step of its own
+            params, last = step_on(params, rest)
+            losses = jnp.concatenate([losses, last[None]])
+        val_loss = loss_fn(params, *val) if val is not None else jnp.nan
+        return params, (losses, val_loss)
+
+    epochs = first_epoch + jnp.arange(num_epochs)
+    return jax.lax.scan(epoch, params, epochs)
+
+
+def _loop_epoch(params, X, y, val, key, epoch, lr, clip, *, batch_size, shuffle, step):
+    """One epoch of ``step`` over the from-scratch ``minibatches`` iterator."""
+    batches = minibatches(X, y, batch_size, key=epoch_key(key, epoch) if shuffle else None)
+    losses = []
+    for Xb, yb in batches:
+        params, loss = step(params, Xb, yb, lr, clip)
+        losses.append(loss)
+    val_loss = loss_fn(params, *val) if val is not None else jnp.nan
+    return params, (jnp.stack(losses)[None], jnp.asarray(val_loss)[None])
+
+
+def _check_finite(params, losses: np.ndarray, first_epoch: int, lr: float) -> None:
+    """Raise ``TrainingDiverged`` naming the first non-finite step (epoch and step 1-based)."""
+    bad = ~np.isfinite(losses)
+    params_ok = all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+    if not bad.any() and params_ok:
+        return
+    if bad.any():
+        e, s = map(int, np.argwhere(bad)[0])
+        where = (
+            f"the training loss became {losses[e, s]} at epoch {first_epoch + e + 1}, step {s + 1}"
+        )
+    else:
+        where = f"the parameters became non-finite in epoch {first_epoch + losses.shape[0]}"
+    raise TrainingDiverged(
+        f"training diverged: {where} (lr={lr}). Try a smaller lr or set gradient_clip_val."
+    )
+
+
+def fit(
+    params: Params,
+    train: tuple[ArrayLike, ArrayLike],
+    val: tuple[ArrayLike, ArrayLike] | None = None,
+    *,
+    lr: float = 0.03,
+    max_epochs: int = 3,
+    batch_size: int = 32,
+    key: jax.Array | None = None,
+    shuffle: bool = True,
+    gradient_clip_val: float = 0.0,
+    engine: str = "scan",
+    callback: Callable[[int, np.ndarray, float | None], None] | None = None,
+) -> tuple[Params, History]:
+    """Minibatch SGD on the squared loss: the seed's ``Trainer.fit``, as a function.
+
+    Args:
+      params: ``{"w": (d, 1), "b": (1,)}``, e.g. from ``init_params``; not modified.
+      train: ``(X, y)`` with ``X: (n, d)``, ``y: (n,)`` or ``(n, 1)``.
+      val: optional ``(X, y)``; its mean loss is recorded after every epoch.
+      lr: learning rate, finite and > 0.
+      max_epochs: number of passes over ``train``.
+      batch_size: examples per step; the last batch of an epoch is smaller when
+        it does not divide ``n``, as in the seed (a real step, not dropped).
+      key: ``jax.random.key``; required when ``shuffle``. Epoch ``e`` reads the
+        examples in the order ``permutation(fold_in(key, e), n)``.
+      shuffle: ``False`` reads batches in order, to compare with any other code.
+      gradient_clip_val: clip gradients to this global norm when > 0.
+      engine: ``"scan"`` (compiled epochs), ``"step"`` (jitted step in a Python
+        loop) or ``"eager"`` (no jit). All give the same batches and result.
+      callback: called after each epoch as ``callback(epoch, losses, val_loss)``
+        with the epoch's step losses as a numpy array: progress without a host
+        sync per step. Without it the scan engine runs all epochs in one call.
+
+    Returns:
+      ``(params, history)``; see ``History``.
+
+    Raises:
+      ValueError, TypeError: bad arguments, before any training.
+      TrainingDiverged: the loss or the parameters became non-finite; the
+        message names the epoch and step.
+    """
+    num_inputs = checks.params(params)
+    X, y = checks.dataset("train", train, num_inputs)
+    if val is not None:
+        val = checks.dataset("val", val, num_inputs)
+    lr = checks.finite_float("lr", lr, positive=True)
+    max_epochs = checks.positive_int("max_epochs", max_epochs)
+    batch_size = checks.positive_int("batch_size", batch_size)
+    if batch_size > X.shape[0]:
+        raise ValueError(
+            f"batch_size must be <= the number of training examples ({X.shape[0]}), "
+            f"got {batch_size}"
+        )
+    clip = checks.finite_float("gradient_clip_val", gradient_clip_val, nonnegative=True)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+    if shuffle:
+        if key is None:
+            raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
+        key = checks.key("key", key)
+    else:
+        key = jax.random.key(0)  # unused: batches are read in order
+
+    static = dict(batch_size=batch_size, shuffle=shuffle)
+    lr_a, clip_a = jnp.asarray(lr, X.dtype), jnp.asarray(clip, X.dtype)
+    if engine == "scan":
+        chunk = 1 if callback is not None else max_epochs
+
+        def run(params, epoch, count):
+            return _scan_epochs(
+                params, X, y, val, key, epoch, lr_a, clip_a, num_epochs=count, **static
+            )
+
+    else:
+        step = _jitted_step if engine == "step" else _step
+
+        def run(params, epoch, count):
+            del count  # always 1
+            return _loop_epoch(params, X, y, val, key, epoch, lr_a, clip_a, step=step, **static)
+
+        chunk = 1
+
+    losses, val_losses = [], []  # host copies: read once per chunk for the divergence check
+    for first in range(0, max_epochs, chunk):
+        params, (loss, val_loss) = run(params, first, min(chunk, max_epochs - first))
+        losses.append(np.asarray(loss))
+        val_losses.append(np.asarray(val_loss))
+        _check_finite(params, losses[-1], first, lr)
+        if callback is not None:
+            callback(first, losses[-1][0], None if val is None else float(val_losses[-1][0]))
+    history = History(np.concatenate(losses), None if val is None else np.concatenate(val_losses))
+    return params, history

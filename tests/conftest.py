@@ -1,0 +1,37 @@
+"""Test settings: shape and dtype traps become errors; each test gets a fresh key."""
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import contextlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")  # (n, 1) vs (n,) must fail loudly
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@pytest.fixture
+def key(request):
+    """A key derived from the test's name: fresh per test, the same on every run."""
+    return jax.random.key(abs(hash(request.node.name)) % (2**31))
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA compilations in the block: ``with count_compiles() as n: ...``, then ``n[0]``."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

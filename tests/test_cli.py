@@ -1,0 +1,94 @@
+"""The command line: the lecture's run, its outputs, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxlin.cli import main
+
+SMALL = ["--num-train", "200", "--num-val", "50", "--no-cache"]
+
+
+def test_train_writes_json_and_png(tmp_path, capsys):
+    out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
+    assert main(["train", *SMALL, "--json", str(out_json), "--plot", str(out_png)]) == 0
+    record = json.loads(out_json.read_text())
+    for k in ("config", "w", "b", "w_error", "b_error", "train_loss", "val_loss"):
+        assert k in record
+    assert len(record["train_loss"]) == 3 * 7  # 200 / 32 -> 7 steps, 3 epochs
+    assert len(record["val_loss"]) == 3
+    np.testing.assert_allclose(record["w_error"], np.array([2.0, -3.4]) - record["w"], atol=1e-6)
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out_png.stat().st_size > 5000
+    text = capsys.readouterr().out
+    assert (
+        "epoch 3/3" in text and "error in estimating w" in text and "error in estimating b" in text
+    )
+
+
+def test_flags_change_the_problem(tmp_path):
+    out = tmp_path / "o.json"
+    args = [
+        "train",
+        *SMALL,
+        "--w=1,2,3",
+        "--b",
+        "-1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--json",
+        str(out),
+    ]
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    assert len(record["w"]) == 3 and len(record["train_loss"]) == 2 * 4
+    assert record["config"]["lr"] == 0.03
+
+
+def test_engines_print_the_same_result(capsys):
+    results = []
+    for engine in ("scan", "step"):
+        assert main(["train", *SMALL, "--quiet", "--engine", engine]) == 0
+        results.append(capsys.readouterr().out)
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "0"], "batch_size must be an int >= 1"),
+        (["--lr", "-1"], "lr must be > 0"),
+        (["--epochs", "0"], "max_epochs must be an int >= 1"),
+        (["--num-train", "0"], "num_train must be an int >= 1"),
+        (["--json", "/nonexistent-dir/out.json"], "folder /nonexistent-dir does not exist"),
+        (["--lr", "50", "--epochs", "5"], "training diverged"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(args, message, capsys):
+    assert main(["train", *SMALL, *args]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_non_numeric_flag_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--lr", "fast"])
+    assert exit_info.value.code == 2
+    assert "invalid float value: 'fast'" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_lecture(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxlin", "train", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "error in estimating b" in proc.stdout
+    assert any((tmp_path / "cache").iterdir())  # the persistent compile cache was written

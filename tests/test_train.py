@@ -1,0 +1,216 @@
+"""fit and the train step: against optax, closed form, each other; errors; no recompiles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import count_compiles
+
+import jaxlin
+
+
+@pytest.fixture
+def problem(key):
+    """A small problem of the lecture's shape: 200 / 100 examples, d = 2."""
+    kd, kp = jax.random.split(key)
+    s = jaxlin.synthetic_splits(kd, num_train=200, num_val=100)
+    return s, jaxlin.init_params(kp, 2)
+
+
+def test_step_trajectory_matches_optax_at_every_step(problem):
+    s, params = problem
+    opt = optax.sgd(0.03)
+    opt_params, opt_state = params, opt.init(params)
+
+    @jax.jit
+    def optax_step(p, st, X, y):
+        loss, g = jax.value_and_grad(jaxlin.loss_fn)(p, X, y)
+        updates, st = opt.update(g, st, p)
+        return optax.apply_updates(p, updates), st, loss
+
+    ours = params
+    for epoch in range(2):
+        for Xb, yb in jaxlin.minibatches(*s.train, 32):  # 200 = 6 * 32 + 8: a partial batch
+            ours, loss = jaxlin.train_step(ours, Xb, yb, 0.03)
+            opt_params, opt_state, opt_loss = optax_step(opt_params, opt_state, Xb, yb)
+            np.testing.assert_allclose(loss, opt_loss, rtol=1e-6)
+            for k in ours:
+                np.testing.assert_allclose(ours[k], opt_params[k], rtol=1e-6, atol=1e-7)
+        del epoch
+
+
+@pytest.mark.parametrize("engine", jaxlin.ENGINES)
+def test_fit_in_order_matches_optax_loop(problem, engine):
+    """fit(shuffle=False) == a plain optax loop over the same ordered batches."""
+    s, params = problem
+    got, hist = jaxlin.fit(
+        params, s.train, lr=0.05, max_epochs=2, batch_size=48, shuffle=False, engine=engine
+    )
+    opt = optax.sgd(0.05)
+    p, st, losses = params, opt.init(params), []
+    for _ in range(2):
+        for Xb, yb in jaxlin.minibatches(*s.train, 48):
+            loss, g = jax.value_and_grad(jaxlin.loss_fn)(p, Xb, yb)
+            updates, st = opt.update(g, st, p)
+            p = optax.apply_updates(p, updates)
+            losses.append(loss)
+    np.testing.assert_allclose(hist.train_loss.ravel(), np.array(losses), rtol=1e-5)
+    for k in p:
+        np.testing.assert_allclose(got[k], p[k], rtol=1e-6, atol=1e-6)
+
+
+def test_engines_agree_on_shuffled_batches(problem, key):
+    s, params = problem
+    runs = {
+        e: jaxlin.fit(params, s.train, s.val, max_epochs=3, batch_size=32, key=key, engine=e)
+        for e in jaxlin.ENGINES
+    }
+    ref_params, ref_hist = runs["step"]
+    for params_e, hist_e in runs.values():
+        for k in ref_params:
+            np.testing.assert_allclose(params_e[k], ref_params[k], atol=1e-6)
+        np.testing.assert_allclose(hist_e.train_loss, ref_hist.train_loss, rtol=1e-5)
+        np.testing.assert_allclose(hist_e.val_loss, ref_hist.val_loss, rtol=1e-5)
+
+
+def test_history_shapes_and_validation_loss(problem, key):
+    s, params = problem
+    out, hist = jaxlin.fit(params, s.train, s.val, max_epochs=4, batch_size=64, key=key)
+    assert hist.train_loss.shape == (4, 4)  # 200 = 3 * 64 + 8
+    assert hist.val_loss.shape == (4,)
+    np.testing.assert_allclose(hist.val_loss[-1], jaxlin.loss_fn(out, *s.val), rtol=1e-6)
+    first = jaxlin.loss_fn(
+        params, *jaxlin.minibatches(*s.train, 64, key=jaxlin.epoch_key(key, 0)).__next__()
+    )
+    np.testing.assert_allclose(hist.train_loss[0, 0], first, rtol=1e-6)
+    assert jaxlin.fit(params, s.train, max_epochs=1, key=key)[1].val_loss is None
+
+
+def test_converges_to_closed_form_least_squares(key):
+    kd, kp, ks = jax.random.split(key, 3)
+    s = jaxlin.synthetic_splits(kd, [1.5, -0.5, 3.0], 0.7, num_train=500, num_val=10, noise=0.5)
+    params, _ = jaxlin.fit(
+        jaxlin.init_params(kp, 3), s.train, lr=0.3, max_epochs=200, batch_size=500, key=ks
+    )
+    X, y = (np.asarray(a, np.float64) for a in s.train)
+    A = np.hstack([X, np.ones((len(X), 1))])
+    solution = np.linalg.lstsq(A, y.ravel(), rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(params["w"]).ravel(), solution[:3], atol=1e-3)
+    np.testing.assert_allclose(params["b"], solution[3:], atol=1e-3)
+
+
+def test_seed_default_run_learns(key):
+    """The lecture's run: 3 epochs, lr 0.03, batch 32 on 1000 examples."""
+    kd, kp, ks = jax.random.split(key, 3)
+    s = jaxlin.synthetic_splits(kd)
+    params0 = jaxlin.init_params(kp, 2)
+    params, hist = jaxlin.fit(params0, s.train, s.val, key=ks)
+    assert float(hist.train_loss[-1].mean()) < float(hist.train_loss[0, 0])
+    w0, b0 = jaxlin.estimation_error(params0, s.w, s.b)
+    w1, b1 = jaxlin.estimation_error(params, s.w, s.b)
+    assert float(jnp.linalg.norm(w1)) < float(jnp.linalg.norm(w0))
+    assert abs(float(b1)) < abs(float(b0))
+    assert float(jnp.abs(w1).max()) < 0.5 and abs(float(b1)) < 0.6  # d2l: errors ~0.1-0.2
+
+
+def test_same_key_bit_identical_other_key_differs(problem):
+    s, params = problem
+    a = jaxlin.fit(params, s.train, s.val, key=jax.random.key(5))
+    b = jaxlin.fit(params, s.train, s.val, key=jax.random.key(5))
+    c = jaxlin.fit(params, s.train, s.val, key=jax.random.key(6))
+    for k in params:
+        np.testing.assert_array_equal(a[0][k], b[0][k])
+    np.testing.assert_array_equal(a[1].train_loss, b[1].train_loss)
+    assert not np.array_equal(a[0]["w"], c[0]["w"])
+
+
+def test_clipping_is_applied(problem, key):
+    """With a tiny clip norm every step moves params by at most lr * clip."""
+    s, params = problem
+    clipped, _ = jaxlin.fit(
+        params, s.train, max_epochs=1, batch_size=200, key=key, lr=0.1, gradient_clip_val=0.01
+    )
+    moved = float(jnp.sqrt(sum(jnp.sum((clipped[k] - params[k]) ** 2) for k in params)))
+    np.testing.assert_allclose(moved, 0.1 * 0.01, rtol=1e-4)  # one full step of norm lr * clip
+    free, _ = jaxlin.fit(params, s.train, max_epochs=1, batch_size=200, key=key, lr=0.1)
+    assert float(jnp.abs(free["b"] - params["b"])[0]) > 0.1
+
+
+def test_divergence_names_epoch_and_step(problem, key):
+    s, params = problem
+    with pytest.raises(
+        jaxlin.TrainingDiverged, match=r"epoch \d+, step \d+.*smaller lr.*gradient_clip_val"
+    ):
+        jaxlin.fit(params, s.train, lr=50.0, max_epochs=5, key=key)
+
+
+def test_scan_engine_never_recompiles(problem, key):
+    s, params = problem
+    kwargs = dict(max_epochs=3, batch_size=32, key=key)
+    jaxlin.fit(params, s.train, s.val, **kwargs)  # warm up
+    with count_compiles() as n:
+        jaxlin.fit(params, s.train, s.val, **kwargs, lr=0.01)  # another lr: traced
+        jaxlin.fit(params, s.train, s.val, **kwargs, gradient_clip_val=1.0)
+        jaxlin.fit(params, s.train, s.val, **kwargs, callback=lambda *a: None)  # warm per-epoch
+        jaxlin.fit(params, s.train, s.val, **kwargs, callback=lambda *a: None)
+    compiled_by_first_callback_run = n[0]
+    with count_compiles() as n:
+        jaxlin.fit(
+            params, s.train, s.val, max_epochs=7, batch_size=32, key=key, callback=lambda *a: None
+        )
+    assert n[0] == 0, "a later epoch recompiled"
+    assert compiled_by_first_callback_run <= 1
+
+
+def _bad(**overrides):
+    kd = jax.random.key(0)
+    s = jaxlin.synthetic_splits(kd, num_train=20, num_val=5)
+    args = dict(params=jaxlin.init_params(kd, 2), train=s.train, val=None)
+    kwargs = dict(key=kd, batch_size=8)
+    for k, v in overrides.items():
+        (args if k in args else kwargs)[k] = v
+    return lambda: jaxlin.fit(args["params"], args["train"], args["val"], **kwargs)
+
+
+X20 = jnp.ones((20, 2))
+BAD = [
+    (
+        dict(params={"w": jnp.zeros((3, 1)), "b": jnp.zeros(1)}),
+        "train X has 2 features but params\\['w'\\] expects 3",
+    ),
+    (
+        dict(params={"w": jnp.zeros(2), "b": jnp.zeros(1)}),
+        "params\\['w'\\] must have shape \\(d, 1\\)",
+    ),
+    (dict(train=(X20, jnp.ones(19))), "train y has 19 examples but train X has 20"),
+    (dict(train=(jnp.ones(20), jnp.ones(20))), "train X must be 2-D"),
+    (dict(train=(X20.at[3, 1].set(jnp.nan), jnp.ones(20))), "train X contains NaN or Inf"),
+    (dict(train=(X20, jnp.ones(20).at[0].set(jnp.inf))), "train y contains NaN or Inf"),
+    (
+        dict(train=(X20.astype(jnp.int32), jnp.ones(20))),
+        "train X must have dtype float32 or float64",
+    ),
+    (
+        dict(train=(X20.astype(jnp.float16), jnp.ones(20))),
+        "train X must have dtype float32 or float64",
+    ),
+    (dict(val=(jnp.ones((5, 3)), jnp.ones(5))), "val X has 3 features"),
+    (dict(batch_size=0), "batch_size must be an int >= 1"),
+    (dict(batch_size=2.5), "batch_size must be an int >= 1"),
+    (dict(batch_size=21), "batch_size must be <= the number of training examples \\(20\\)"),
+    (dict(lr=0.0), "lr must be > 0"),
+    (dict(lr=-1.0), "lr must be > 0"),
+    (dict(lr=float("nan")), "lr must be finite"),
+    (dict(max_epochs=0), "max_epochs must be an int >= 1"),
+    (dict(key=None), "key is required when shuffle=True"),
+    (dict(key=3), "key must be a jax.random.key"),
+    (dict(gradient_clip_val=-1.0), "gradient_clip_val must be >= 0"),
+    (dict(engine="fast"), "engine must be one of"),
+]
+
+
+@pytest.mark.parametrize("overrides, match", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_input_is_refused_with_a_named_argument(overrides, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        _bad(**overrides)()
