@@ -4,7 +4,7 @@ from jaxlin.data import SEED_B, SEED_W, Splits, minibatches, synthetic_data, syn
 from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
 from jaxlin.optim import clip_by_global_norm, global_norm, sgd
 from jaxlin.shuffle import epoch_key, permutation, permute_indices
-from jaxlin.train import ENGINES, History, TrainingDiverged, fit, train_step
+from jaxlin.train import ENGINES, EpochEnd, History, TrainingDiverged, fit, run_epochs, train_step
 
 __version__ = "0.1.0"
 
@@ -12,6 +12,7 @@ __all__ = [
     "ENGINES",
     "SEED_B",
     "SEED_W",
+    "EpochEnd",
     "History",
     "Splits",
     "TrainingDiverged",
@@ -26,6 +27,7 @@ __all__ = [
     "minibatches",
     "permutation",
     "permute_indices",
+    "run_epochs",
     "sgd",
     "squared_loss",
     "synthetic_data",

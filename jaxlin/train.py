@@ -15,7 +15,6 @@ and ``fit`` runs it with one of three engines that give the same result:
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -35,7 +34,7 @@ ENGINES = ("scan", "step", "eager")
 class History(NamedTuple):
     """What ``fit`` records, as numpy arrays (read once per epoch or run, never per step).
 
-    ``train_loss``: ``(epochs, steps_per_epoch)``, the batch loss of every step
+    ``train_loss``: ``(epochs run, steps_per_epoch)``, the batch loss of every step
     before that step's update (what ``value_and_grad`` returns).
     ``val_loss``: ``(epochs,)``, the mean loss on the whole validation set after
     each epoch, or ``None`` when ``fit`` had no validation data.
@@ -43,6 +42,15 @@ class History(NamedTuple):
 
     train_loss: np.ndarray
     val_loss: np.ndarray | None
+
+
+class EpochEnd(NamedTuple):
+    """What ``fit``'s callback receives after each epoch (host values, read once)."""
+
+    epoch: int  # 0-based index of the epoch that just ended
+    params: Params  # parameters after it
+    train_loss: np.ndarray  # (steps_per_epoch,) batch losses of the epoch
+    val_loss: float | None  # mean validation loss after it, None without val
 
 
 class TrainingDiverged(FloatingPointError):
@@ -75,9 +83,25 @@ def _epoch_batches(order: jax.Array, n: int, batch_size: int):
     return order[: full * batch_size].reshape(full, batch_size), order[full * batch_size : n]
 
 
-@partial(jax.jit, static_argnames=("batch_size", "shuffle", "num_epochs"))
-def _scan_epochs(params, X, y, val, key, first_epoch, lr, clip, *, batch_size, shuffle, num_epochs):
-    """``num_epochs`` epochs as one XLA program: returns ``(params, (losses, val_losses))``."""
+def run_epochs(params, X, y, val, key, first_epoch, lr, clip, *, batch_size, shuffle, num_epochs):
+    """``num_epochs`` epochs of minibatch SGD as one traceable function (the scan engine).
+
+    Pure and unjitted, so it can be wrapped in ``jax.jit`` or ``jax.vmap`` (over
+    ``params``, ``key``, ``lr``...): ``fit`` and ``sweep`` both run exactly this.
+
+    Args:
+      params: ``{"w": (d, 1), "b": (1,)}``.
+      X, y: ``(n, d)`` and ``(n, 1)`` training data.
+      val: ``(X_val, y_val)`` or ``None``.
+      key: shuffling key; epoch ``e`` uses ``fold_in(key, e)``.
+      first_epoch: index of the first epoch (int or traced int).
+      lr, clip: learning rate and gradient clip norm (``<= 0``: off), traced.
+      batch_size, shuffle, num_epochs: static.
+
+    Returns:
+      ``(params, (losses, val_losses))`` with ``losses: (num_epochs, ceil(n / B))``
+      and ``val_losses: (num_epochs,)`` (NaN without ``val``).
+    """
     n = X.shape[0]
 
     def step_on(params, idx):
@@ -100,6 +124,9 @@ def _scan_epochs(params, X, y, val, key, first_epoch, lr, clip, *, batch_size, s
 
     epochs = first_epoch + jnp.arange(num_epochs)
     return jax.lax.scan(epoch, params, epochs)
+
+
+_scan_epochs = jax.jit(run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs"))
 
 
 def _loop_epoch(params, X, y, val, key, epoch, lr, clip, *, batch_size, shuffle, step):
@@ -143,7 +170,8 @@ def fit(
     shuffle: bool = True,
     gradient_clip_val: float = 0.0,
     engine: str = "scan",
-    callback: Callable[[int, np.ndarray, float | None], None] | None = None,
+    callback: Callable[[EpochEnd], None] | None = None,
+    start_epoch: int = 0,
 ) -> tuple[Params, History]:
     """Minibatch SGD on the squared loss: the seed's ``Trainer.fit``, as a function.
 
@@ -161,9 +189,11 @@ def fit(
       gradient_clip_val: clip gradients to this global norm when > 0.
       engine: ``"scan"`` (compiled epochs), ``"step"`` (jitted step in a Python
         loop) or ``"eager"`` (no jit). All give the same batches and result.
-      callback: called after each epoch as ``callback(epoch, losses, val_loss)``
-        with the epoch's step losses as a numpy array: progress without a host
-        sync per step. Without it the scan engine runs all epochs in one call.
+      callback: called after each epoch with an ``EpochEnd`` (progress,
+        checkpoints): one host read per epoch, never per step. Without it the
+        scan engine runs all epochs in one call.
+      start_epoch: the first epoch to run (to resume): epochs ``start_epoch ..
+        max_epochs - 1`` are run, with the same shuffles as in a full run.
 
     Returns:
       ``(params, history)``; see ``History``.
@@ -179,6 +209,10 @@ def fit(
         val = checks.dataset("val", val, num_inputs)
     lr = checks.finite_float("lr", lr, positive=True)
     max_epochs = checks.positive_int("max_epochs", max_epochs)
+    if isinstance(start_epoch, bool) or not isinstance(start_epoch, int):
+        raise TypeError(f"start_epoch must be an int, got {start_epoch!r}")
+    if not 0 <= start_epoch < max_epochs:
+        raise ValueError(f"start_epoch must be in [0, max_epochs={max_epochs}), got {start_epoch}")
     batch_size = checks.positive_int("batch_size", batch_size)
     if batch_size > X.shape[0]:
         raise ValueError(
@@ -217,12 +251,13 @@ def fit(
         chunk = 1
 
     losses, val_losses = [], []  # host copies: read once per chunk for the divergence check
-    for first in range(0, max_epochs, chunk):
+    for first in range(start_epoch, max_epochs, chunk):
         params, (loss, val_loss) = run(params, first, min(chunk, max_epochs - first))
         losses.append(np.asarray(loss))
         val_losses.append(np.asarray(val_loss))
         _check_finite(params, losses[-1], first, lr)
         if callback is not None:
-            callback(first, losses[-1][0], None if val is None else float(val_losses[-1][0]))
+            val_now = None if val is None else float(val_losses[-1][0])
+            callback(EpochEnd(first, params, losses[-1][0], val_now))
     history = History(np.concatenate(losses), None if val is None else np.concatenate(val_losses))
     return params, history

@@ -214,3 +214,19 @@ BAD = [
 def test_bad_input_is_refused_with_a_named_argument(overrides, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _bad(**overrides)()
+
+
+@pytest.mark.parametrize("engine", ["scan", "step"])
+def test_start_epoch_continues_the_same_run(problem, key, engine):
+    """Epochs 0-1, then epochs 2-3 from their params: the run of epochs 0-3, bit for bit."""
+    s, params = problem
+    ends = []
+    kwargs = dict(max_epochs=4, batch_size=32, key=key, engine=engine)
+    full, hist = jaxlin.fit(params, s.train, s.val, **kwargs, callback=ends.append)
+    assert [e.epoch for e in ends] == [0, 1, 2, 3]
+    resumed, tail = jaxlin.fit(ends[1].params, s.train, s.val, **kwargs, start_epoch=2)
+    for k in params:
+        np.testing.assert_array_equal(resumed[k], full[k])
+    np.testing.assert_array_equal(tail.train_loss, hist.train_loss[2:])
+    np.testing.assert_array_equal(tail.val_loss, hist.val_loss[2:])
+    np.testing.assert_array_equal(ends[3].train_loss, hist.train_loss[3])

@@ -1,0 +1,41 @@
+"""The ``jaxlin`` command line: one module per subcommand, dispatched here.
+
+Each subcommand module has ``add_parser(subparsers)`` and ``run(args)``. Errors
+a user can fix become one line on stderr and a non-zero exit, never a trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxlin.cli import train
+
+COMMANDS = {"train": train}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="jaxlin", description="Linear regression by minibatch SGD in pure JAX."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS.values():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxlin`` script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    from jaxlin.train import TrainingDiverged
+
+    try:
+        COMMANDS[args.command].run(args)
+    except TrainingDiverged as err:
+        print(f"jaxlin: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError) as err:
+        print(f"jaxlin: error: {err}", file=sys.stderr)
+        return 2
+    return 0
