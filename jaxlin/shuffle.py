@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 NUM_ROUNDS = 6  # Feistel rounds (even); each is one keyed hash per index.
 SMALL_ROUNDS = 16  # tiny domains (Z_2 x Z_4, say) mix slowly: more rounds, still cheap.
-SMALL_N = 1024
+SMALL_N = 64
 
 
 def _round_keys(key: jax.Array, n: int) -> jax.Array:

@@ -230,3 +230,24 @@ def test_start_epoch_continues_the_same_run(problem, key, engine):
     np.testing.assert_array_equal(tail.train_loss, hist.train_loss[2:])
     np.testing.assert_array_equal(tail.val_loss, hist.val_loss[2:])
     np.testing.assert_array_equal(ends[3].train_loss, hist.train_loss[3])
+
+
+def test_affine_engine_matches_steps_over_many_small_batches(key):
+    """715 steps a epoch with a partial last batch: composed maps == sequential steps."""
+    kd, kp, ks = jax.random.split(key, 3)
+    s = jaxlin.synthetic_splits(kd, [0.5, -1.0, 2.0], 1.0, num_train=5000, num_val=50)
+    params = jaxlin.init_params(kp, 3)
+    kwargs = dict(lr=0.01, max_epochs=2, batch_size=7, key=ks)
+    seq, seq_hist = jaxlin.fit(params, s.train, s.val, engine="scan", **kwargs)
+    aff, aff_hist = jaxlin.fit(params, s.train, s.val, engine="affine", **kwargs)
+    assert aff_hist.train_loss.shape == (2, 715)
+    for k in params:
+        np.testing.assert_allclose(aff[k], seq[k], atol=1e-5)
+    np.testing.assert_allclose(aff_hist.train_loss, seq_hist.train_loss, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(aff_hist.val_loss, seq_hist.val_loss, rtol=1e-4)
+
+
+def test_affine_engine_refuses_clipping(problem, key):
+    s, params = problem
+    with pytest.raises(ValueError, match="engine='affine' cannot clip gradients"):
+        jaxlin.fit(params, s.train, key=key, engine="affine", gradient_clip_val=1.0)

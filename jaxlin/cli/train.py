@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of the root PRNG key")
     t.add_argument("--clip", type=float, default=0.0, help="gradient clip norm (0: off)")
     t.add_argument("--sigma", type=float, default=0.01, help="std of the initial weights")
-    t.add_argument("--engine", choices=("scan", "step", "eager"), default="scan")
+    t.add_argument("--engine", choices=("scan", "affine", "step", "eager"), default="scan")
     t.add_argument("--plot", type=Path, default=None, help="write the loss curves (PNG)")
     t.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
