@@ -113,6 +113,12 @@ def minibatches(
     return _batches(jnp.asarray(X), jnp.asarray(y), batch_size, order)
 
 
+@jax.jit
+def _take(X: jax.Array, y: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Rows ``idx`` of ``X`` and ``y`` in one compiled call (one dispatch, not a dozen)."""
+    return X.at[idx].get(mode="promise_in_bounds"), y.at[idx].get(mode="promise_in_bounds")
+
+
 def _batches(X, y, batch_size, order):
     """The generator behind ``minibatches``: slices (in order) or gathers (shuffled)."""
     n = X.shape[0]
@@ -120,5 +126,4 @@ def _batches(X, y, batch_size, order):
         if order is None:
             yield X[start : start + batch_size], y[start : start + batch_size]
         else:
-            idx = jnp.asarray(order[start : start + batch_size])
-            yield X[idx], y[idx]
+            yield _take(X, y, order[start : start + batch_size])

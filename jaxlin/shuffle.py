@@ -11,6 +11,7 @@ on its own, so the same function shuffles data that never fits in memory.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,7 @@ def _cycle_walk(x: jax.Array, round_keys: jax.Array, a: int, b: int, n: int) -> 
     )
 
 
+@partial(jax.jit, static_argnames=("n",))
 def permute_indices(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
     """The index at each of ``positions`` of the keyed permutation of ``range(n)``.
 
@@ -113,6 +115,7 @@ def permute_indices(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
     return x.astype(jnp.int32)
 
 
+@partial(jax.jit, static_argnames=("n", "multiple"))
 def padded_permutation(key: jax.Array, n: int, multiple: int = 8) -> jax.Array:
     """``permutation(key, n)`` followed by junk up to a multiple of ``multiple``.
 
