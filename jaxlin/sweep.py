@@ -297,6 +297,6 @@ def select(result: SweepResult) -> Selection:
     i = int(np.nanargmin(summary.val_mean))
     test_mean = test_std = None
     if result.test_loss is not None:
-        test_mean = float(result.test_loss[i].mean())
-        test_std = float(result.test_loss[i].std())
+        test = np.asarray(result.test_loss[i], np.float64)  # no float32 overflow in std
+        test_mean, test_std = float(test.mean()), float(test.std())
     return Selection(i, float(result.lrs[i]), float(summary.val_mean[i]), test_mean, test_std)
