@@ -4,6 +4,7 @@ from jaxlin.data import SEED_B, SEED_W, Splits, minibatches, synthetic_data, syn
 from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
 from jaxlin.optim import clip_by_global_norm, global_norm, sgd
 from jaxlin.shuffle import epoch_key, permutation, permute_indices
+from jaxlin.sweep import Selection, Summary, SweepResult, config_keys, select, summarize, sweep
 from jaxlin.train import ENGINES, EpochEnd, History, TrainingDiverged, fit, run_epochs, train_step
 
 __version__ = "0.1.0"
@@ -14,9 +15,13 @@ __all__ = [
     "SEED_W",
     "EpochEnd",
     "History",
+    "Selection",
     "Splits",
+    "Summary",
+    "SweepResult",
     "TrainingDiverged",
     "clip_by_global_norm",
+    "config_keys",
     "epoch_key",
     "estimation_error",
     "fit",
@@ -28,8 +33,11 @@ __all__ = [
     "permutation",
     "permute_indices",
     "run_epochs",
+    "select",
     "sgd",
     "squared_loss",
+    "summarize",
+    "sweep",
     "synthetic_data",
     "synthetic_splits",
     "train_step",

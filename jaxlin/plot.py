@@ -43,3 +43,80 @@ def save_history_plot(history: History, path, *, title: str | None = None) -> No
     ax = plot_history(history, title=title)
     ax.figure.savefig(path, dpi=120)
     plt.close(ax.figure)
+
+
+def plot_sweep(result, *, axes=None):
+    """Validation loss against lr (log x, spread over seeds shaded) and the chosen lr's curves.
+
+    Left: mean final validation loss over seeds per learning rate, the band
+    from the best to the worst seed; learning rates where a seed diverged are
+    marked "diverged" on the top edge. Right: the chosen configuration's loss
+    curves, every seed (training loss per step, or per epoch when the sweep
+    kept only epoch means; validation loss per epoch). Returns the two Axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from jaxlin.sweep import select, summarize
+    from jaxlin.train import TrainingDiverged
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    ax, curves = axes
+    s = summarize(result)
+    ok = s.num_diverged == 0
+    ax.plot(s.lrs[ok], s.val_mean[ok], "o-", ms=3, label="mean final val loss over seeds")
+    ax.fill_between(s.lrs, s.val_min, s.val_max, alpha=0.25, label="min-max over seeds")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final validation loss")
+    ax.grid(True, which="both", alpha=0.3)
+    if (~ok).any():
+        top = ax.get_xaxis_transform()  # x in data, y in axes fraction
+        ax.plot(s.lrs[~ok], np.full((~ok).sum(), 0.97), "rx", transform=top, label="diverged")
+        ax.text(s.lrs[~ok].min(), 0.9, "diverged", color="r", transform=top, ha="center")
+    try:
+        chosen = select(result)
+    except TrainingDiverged:
+        chosen = None
+    if chosen is not None:
+        ax.axvline(chosen.lr, color="k", ls=":", label=f"chosen lr {chosen.lr:.3g}")
+        train = np.asarray(result.train_loss[chosen.index])  # (S, epochs[, steps])
+        val = np.asarray(result.val_loss[chosen.index])  # (S, epochs)
+        epochs = val.shape[1]
+        flat = train.reshape(train.shape[0], -1)
+        x = np.arange(1, flat.shape[1] + 1) * epochs / flat.shape[1]
+        unit = "step" if train.ndim == 3 else "epoch"
+        for j in range(flat.shape[0]):
+            first = j == 0
+            train_label = f"train loss (per {unit}), each seed" if first else None
+            curves.plot(x, flat[j], lw=0.8, color="C0", alpha=0.5, label=train_label)
+            val_label = "val loss, each seed" if first else None
+            curves.plot(np.arange(1, epochs + 1), val[j], "o--", color="C1", ms=3, label=val_label)
+        title = f"chosen lr {chosen.lr:.3g}"
+        if chosen.test_loss is not None:
+            title += f": test loss {chosen.test_loss:.3g}"
+        curves.set_title(title)
+        curves.set_yscale("log")
+        curves.set_xlim(0, epochs)
+        curves.legend()
+    else:
+        curves.set_title("every learning rate diverged")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("squared loss")
+    curves.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(f"{len(s.lrs)} lr x {len(result.seeds)} seeds")
+    return axes
+
+
+def save_sweep_plot(result, path) -> None:
+    """Write ``plot_sweep`` to ``path`` (PNG, PDF, SVG...) without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    axes = plot_sweep(result)
+    axes[0].figure.savefig(path, dpi=120)
+    plt.close(axes[0].figure)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxlin.cli import train
+from jaxlin.cli import sweep, train
 
-COMMANDS = {"train": train}
+COMMANDS = {"train": train, "sweep": sweep}
 
 
 def build_parser() -> argparse.ArgumentParser:
