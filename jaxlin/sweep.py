@@ -242,7 +242,7 @@ def sweep(
     params, train_loss, val_loss, test_loss, diverged = _compiled_grid(
         jnp.asarray(seeds),
         jnp.asarray(lrs, X.dtype),
-        jnp.asarray(clip, X.dtype),
+        jnp.asarray(clip, X.dtype) if clip > 0 else None,  # None: no clipping code
         key,
         X,
         y,

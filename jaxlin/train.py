@@ -58,22 +58,32 @@ class TrainingDiverged(FloatingPointError):
     """The training loss or the parameters stopped being finite."""
 
 
-def _step(params: Params, X: jax.Array, y: jax.Array, lr: ArrayLike, clip: ArrayLike):
-    """One minibatch SGD step: gradient, optional clipping, update; returns ``(params, loss)``."""
+def _step(params: Params, X: jax.Array, y: jax.Array, lr: ArrayLike, clip: ArrayLike | None):
+    """One minibatch SGD step: gradient, optional clipping, update; returns ``(params, loss)``.
+
+    ``clip=None`` leaves clipping out of the program (no norm computed each step).
+    """
     loss, grads = jax.value_and_grad(loss_fn)(params, X, y)
-    return sgd(params, clip_by_global_norm(grads, clip), lr), loss
+    if clip is not None:
+        grads = clip_by_global_norm(grads, clip)
+    return sgd(params, grads, lr), loss
 
 
 _jitted_step = jax.jit(_step)
 
 
 def train_step(
-    params: Params, X: ArrayLike, y: ArrayLike, lr: ArrayLike, gradient_clip_val: ArrayLike = 0.0
+    params: Params,
+    X: ArrayLike,
+    y: ArrayLike,
+    lr: ArrayLike,
+    gradient_clip_val: ArrayLike | None = None,
 ) -> tuple[Params, jax.Array]:
     """The seed's ``training_step`` + ``backward`` + ``optim.step``, jitted: ``(params, loss)``.
 
     ``lr`` and ``gradient_clip_val`` are traced, so changing them does not
-    recompile; a new batch shape (the smaller last batch) compiles once more.
+    recompile (``None``, no clipping, is a separate program); a new batch shape
+    (the smaller last batch) compiles once more.
     """
     return _jitted_step(params, X, y, lr, gradient_clip_val)
 
@@ -126,7 +136,8 @@ def run_epochs(
       val: ``(X_val, y_val)`` or ``None``.
       key: shuffling key; epoch ``e`` uses ``fold_in(key, e)``.
       first_epoch: index of the first epoch (int or traced int).
-      lr, clip: learning rate and gradient clip norm (``<= 0``: off), traced.
+      lr, clip: learning rate and gradient clip norm, traced; ``clip=None``
+        compiles without clipping (a traced ``clip <= 0`` also means off).
       batch_size, shuffle, num_epochs: static.
       affine: static; run each epoch with ``jaxlin.affine.affine_epoch`` (the
         same steps in logarithmic depth; ``clip`` is then ignored: ``fit``
@@ -269,7 +280,8 @@ def fit(
         key = jax.random.key(0)  # unused: batches are read in order
 
     static = dict(batch_size=batch_size, shuffle=shuffle)
-    lr_a, clip_a = jnp.asarray(lr, X.dtype), jnp.asarray(clip, X.dtype)
+    lr_a = jnp.asarray(lr, X.dtype)
+    clip_a = jnp.asarray(clip, X.dtype) if clip > 0 else None  # None: no clipping code
     if engine in ("scan", "affine"):
         chunk = 1 if callback is not None else max_epochs
         static["affine"] = engine == "affine"
