@@ -148,7 +148,7 @@ print("same first batch:", bool(jnp.array_equal(X, X_it)))
 # %%
 params = jaxlin.init_params(key_init, num_inputs=2, sigma=0.01)
 print(jax.tree.map(jnp.shape, params))
-params
+print(params)
 
 # %% [markdown]
 # The model relates inputs and parameters to outputs: the matrix-vector product
@@ -240,15 +240,24 @@ print("loss after the step: ", jaxlin.loss_fn(params_1, X, y))
 # hyperparameters), and a test set kept for the final evaluation. We elide
 # that for now.
 
+
 # %%
 def report(end):
-    print(f"epoch {end.epoch + 1}: last train loss {end.train_loss[-1]:.6f}, "
-          f"val loss {end.val_loss:.6f}")
+    print(
+        f"epoch {end.epoch + 1}: last train loss {end.train_loss[-1]:.6f}, "
+        f"val loss {end.val_loss:.6f}"
+    )
 
 
 params, history = jaxlin.fit(
-    params, data.train, data.val,
-    lr=0.03, max_epochs=3, batch_size=32, key=key_shuffle, callback=report,
+    params,
+    data.train,
+    data.val,
+    lr=0.03,
+    max_epochs=3,
+    batch_size=32,
+    key=key_shuffle,
+    callback=report,
 )
 
 # %% [markdown]

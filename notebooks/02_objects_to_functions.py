@@ -49,6 +49,7 @@ X_train, y_train = data.train
 # they grow methods later with the decorator `@d2l.add_to_class(Cls)`. Here is
 # the essence of both (d2l's versions do the same with more care):
 
+
 # %%
 class HyperParameters:
     def save_hyperparameters(self):
@@ -71,7 +72,7 @@ def add_to_class(cls):
 class LinearRegressionScratch(HyperParameters):
     def __init__(self, num_inputs, lr, sigma=0.01):
         self.save_hyperparameters()
-        self.w = np.random.normal(0, sigma, (num_inputs, 1))
+        self.w = np.random.normal(0, sigma, (num_inputs, 1))  # noqa: NPY002 (global RNG, on purpose)
         self.b = np.zeros(1)
 
 
@@ -104,6 +105,7 @@ print("linreg:", y_hat)
 # is again a plain function, which `jax.jit` can compile; the captured value
 # becomes a constant of the compiled program.
 
+
 # %%
 def make_update(lr):
     """An SGD update with the learning rate built in: ``update(params, X, y)``."""
@@ -118,8 +120,10 @@ def make_update(lr):
 update = jax.jit(make_update(lr=0.03))
 same_update = jax.jit(functools.partial(jaxlin.train_step, lr=0.03))
 Xb, yb = X_train[:32], y_train[:32]
-print("closure and partial agree:",
-      bool(jnp.allclose(update(params, Xb, yb)["w"], same_update(params, Xb, yb)[0]["w"])))
+print(
+    "closure and partial agree:",
+    bool(jnp.allclose(update(params, Xb, yb)["w"], same_update(params, Xb, yb)[0]["w"])),
+)
 
 # %% [markdown]
 # ## 2. A global random number generator versus explicit keys
@@ -130,9 +134,9 @@ print("closure and partial agree:",
 # before it.
 
 # %%
-np.random.seed(0)
-print("global RNG, call 1:", np.random.normal(size=3))
-print("global RNG, call 2:", np.random.normal(size=3))
+np.random.seed(0)  # noqa: NPY002 -- the legacy global RNG is the point here
+print("global RNG, call 1:", np.random.normal(size=3))  # noqa: NPY002
+print("global RNG, call 2:", np.random.normal(size=3))  # noqa: NPY002
 
 # %% [markdown]
 # A JAX random function has no hidden state: it takes a **key**, and the same
@@ -156,9 +160,15 @@ k1, k2 = jax.random.split(key_demo)
 print("split:   ", jax.random.normal(k1, (3,)), jax.random.normal(k2, (3,)))
 for epoch in range(3):
     print(f"fold_in {epoch}:", jax.random.normal(jax.random.fold_in(key_demo, epoch), (3,)))
-print("epoch 0 again gives the same numbers:", bool(jnp.array_equal(
-    jax.random.normal(jaxlin.epoch_key(key_demo, 0), (3,)),
-    jax.random.normal(jax.random.fold_in(key_demo, 0), (3,)))))
+print(
+    "epoch 0 again gives the same numbers:",
+    bool(
+        jnp.array_equal(
+            jax.random.normal(jaxlin.epoch_key(key_demo, 0), (3,)),
+            jax.random.normal(jax.random.fold_in(key_demo, 0), (3,)),
+        )
+    ),
+)
 
 # %% [markdown]
 # ## 3. `zero_grad` and `param -= lr * grad` versus returned values
@@ -168,6 +178,7 @@ print("epoch 0 again gives the same numbers:", bool(jnp.array_equal(
 # changes the parameters in place. Here is that behaviour in a few lines, and
 # the bug it invites: forget `zero_grad` and the second step uses the sum of
 # two gradients.
+
 
 # %%
 class Param:
@@ -320,8 +331,15 @@ plt.show()
 
 # %%
 i = 8
-alone, _ = jaxlin.fit(jax.tree.map(lambda x: x[i], params_batch), data.train, data.val,
-                      lr=float(lrs[i]), max_epochs=3, batch_size=32, key=shuffle_keys[i])
+alone, _ = jaxlin.fit(
+    jax.tree.map(lambda x: x[i], params_batch),
+    data.train,
+    data.val,
+    lr=float(lrs[i]),
+    max_epochs=3,
+    batch_size=32,
+    key=shuffle_keys[i],
+)
 print("lr", float(lrs[i]), "vmapped w:", trained["w"][i].ravel(), " fit alone:", alone["w"].ravel())
 print("max difference:", float(jnp.max(jnp.abs(trained["w"][i] - alone["w"]))))
 
@@ -344,9 +362,9 @@ print(jax.make_jaxpr(jaxlin.train_step)(params, Xb, yb, 0.03))
 #
 # | lecture (objects) | jaxlin (functions) | why |
 # |---|---|---|
-# | `save_hyperparameters`, attributes | arguments, closures, `partial` | what a function uses is in its signature |
+# | `save_hyperparameters` | arguments, closures, `partial` | inputs are in the signature |
 # | `add_to_class` | plain module-level functions | no order-dependent class surgery |
-# | global RNG (`torch.randn`) | `jax.random.key`, `split`, `fold_in` | reproducible; re-using a key is the only trap |
+# | global RNG (`torch.randn`) | keys, `split`, `fold_in` | reproducible; never re-use a key |
 # | `zero_grad`, `param.grad` | `jax.grad` returns the gradient | nothing accumulates |
 # | `param -= lr * grad` | `sgd` returns new params | old values stay valid; steps can be replayed |
 # | Python training loop | `jax.jit`, `lax.scan` | one compiled program, no per-step dispatch |

@@ -96,6 +96,7 @@ print("first 8 rows to read:", jaxlin.permute_indices(key_shuffle, positions, n_
 # same example twice (so the training loss is itself an unbiased estimate of the
 # test loss).
 
+
 # %%
 def fresh_batches(key, batch_size, w=jaxlin.SEED_W, b=jaxlin.SEED_B):
     """Endless minibatches of brand-new synthetic data: batch i from fold_in(key, i)."""
@@ -116,6 +117,7 @@ print("first example of batches 0, 1, 2:", first)
 # each time it is called?* Give it a fixed key. With a global RNG this needs a
 # reseed before every call; with explicit keys it is the default: the data are
 # a pure function of the key.
+
 
 # %%
 def same_data(num_examples=1000):
@@ -174,8 +176,14 @@ plt.show()
 key_i, key_v = jax.random.split(key_more)
 current = jax.random.uniform(key_i, (200, 1))  # amperes
 voltage = 47.0 * current + 0.1 * jax.random.normal(key_v, (200, 1))  # volts
-p, _ = jaxlin.fit(jaxlin.init_params(key_init, 1), (current, voltage),
-                  lr=0.3, max_epochs=50, batch_size=20, key=key_shuffle)
+p, _ = jaxlin.fit(
+    jaxlin.init_params(key_init, 1),
+    (current, voltage),
+    lr=0.3,
+    max_epochs=50,
+    batch_size=20,
+    key=key_shuffle,
+)
 A = jnp.hstack([current, jnp.ones_like(current)])
 (R_ls, V0_ls), *_ = jnp.linalg.lstsq(A, voltage.ravel())
 print(f"SGD with autodiff: R = {p['w'][0, 0]:.3f} ohm, V0 = {p['b'][0]:+.3f} V")
@@ -231,7 +239,12 @@ def fit_temperature(t_kilo, lr):
 
 t_fit, (t_path, loss_path) = fit_temperature(3.0, 1.0)
 print(f"fitted temperature: {1000 * t_fit:.0f} K (true 5800 K)")
-raw_loss = lambda t: jnp.mean((jnp.exp(log_planck(wavelengths, 1000 * t)) - jnp.exp(log_b)) ** 2) / 2
+
+
+def raw_loss(t):
+    return jnp.mean((jnp.exp(log_planck(wavelengths, 1000 * t)) - jnp.exp(log_b)) ** 2) / 2
+
+
 raw_grad = jax.jit(jax.grad(raw_loss))(3.0)
 print(f"for comparison, the gradient of a squared loss on B itself at 3000 K: {raw_grad:.1e}")
 
@@ -310,7 +323,9 @@ y_hat = jaxlin.linreg(params0, Xb)
 y_flat = yb.ravel()  # labels of shape (n,)
 wrong = (y_hat - y_flat) ** 2 / 2
 print("y_hat", y_hat.shape, "- y", y_flat.shape, "->", wrong.shape)
-print(f"without reshape: {wrong.mean():.3f}, with reshape: {jaxlin.squared_loss(y_hat, y_flat):.3f}")
+print(
+    f"without reshape: {wrong.mean():.3f}, with reshape: {jaxlin.squared_loss(y_hat, y_flat):.3f}"
+)
 with jax.numpy_rank_promotion("raise"):
     try:
         y_hat - y_flat
@@ -395,6 +410,7 @@ print(f"|error in w| after 3 epochs {errors[2, 0]:.1e}, after 20 epochs {errors[
 # by a *traced* index with `lax.switch`, so one compiled program serves all
 # three losses (a static loss function would compile three times).
 
+
 # %%
 def huber_loss(y_hat, y, delta=1.0):
     """Squared near zero, absolute (slope delta) beyond |r| = delta: bounded gradients."""
@@ -432,8 +448,9 @@ paths = {}
 print(f"{'loss':9s} {'labels':8s} {'|error in w|':>13s} {'error in b':>11s}")
 for index, name in enumerate(LOSSES):
     for labels, y in [("clean", y_train), ("outlier", y_outlier)]:
-        p, paths[name, labels] = train_with_loss(params0, X_train, y, 0.03, key_shuffle,
-                                                 index, epochs=20)
+        p, paths[name, labels] = train_with_loss(
+            params0, X_train, y, 0.03, key_shuffle, index, epochs=20
+        )
         w_err, b_err = jaxlin.estimation_error(p, data.w, data.b)
         print(f"{name:9s} {labels:8s} {float(jnp.linalg.norm(w_err)):13.2e} {float(b_err):+11.2e}")
 
@@ -493,11 +510,14 @@ adversarial = (X_noisy[sorted_order], y_noisy[sorted_order])
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", sharey=True)
 for ax, shuffle in zip(axes, [False, True], strict=True):
-    p, h = jaxlin.fit(params0, adversarial, data.val, lr=0.1, max_epochs=10, key=key_shuffle,
-                      shuffle=shuffle)
+    p, h = jaxlin.fit(
+        params0, adversarial, data.val, lr=0.1, max_epochs=10, key=key_shuffle, shuffle=shuffle
+    )
     _, b_err = jaxlin.estimation_error(p, data.w, data.b)
-    print(f"adversarial order, shuffle={shuffle}: learned b = {float(p['b'][0]):.3f}, "
-          f"error in b = {float(b_err):+.3f}")
+    print(
+        f"adversarial order, shuffle={shuffle}: learned b = {float(p['b'][0]):.3f}, "
+        f"error in b = {float(b_err):+.3f}"
+    )
     plot_history(h, ax=ax, title=f"adversarial order, shuffle={shuffle}")
 plt.show()
 

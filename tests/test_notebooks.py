@@ -21,7 +21,8 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 CELL_TIMEOUT_S = 120
-BUDGET_S = 60  # the limit per notebook
+# The limit per notebook; a heavily shared machine may raise it with JAXLIN_NB_BUDGET_S.
+BUDGET_S = float(os.environ.get("JAXLIN_NB_BUDGET_S", "60"))
 
 # What each notebook must print (in any stream output), besides running cleanly.
 EXPECTED_TEXT = {
@@ -30,7 +31,12 @@ EXPECTED_TEXT = {
     "03_exercises": ["last batch", "huber", "adversarial"],
     "04_jit_exploration": ["compile", "recompiles"],
 }
-MIN_IMAGES = {"01_lecture": 1, "02_objects_to_functions": 1, "03_exercises": 4, "04_jit_exploration": 2}
+MIN_IMAGES = {
+    "01_lecture": 1,
+    "02_objects_to_functions": 1,
+    "03_exercises": 4,
+    "04_jit_exploration": 2,
+}
 
 
 def _kernel_env() -> dict[str, str]:
