@@ -13,10 +13,9 @@ import os
 import time
 from pathlib import Path
 
+import jupytext  # the test extra installs these: a missing one is an error, not a skip
+import nbclient
 import pytest
-
-jupytext = pytest.importorskip("jupytext")
-nbclient = pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
