@@ -160,9 +160,10 @@ plt.show()
 # where zero weights make all hidden units identical with identical gradients:
 # the symmetry is never broken.) **Variance 1000 still converges**, because the
 # problem is convex and the learning rate is small enough, but it starts with a
-# loss about $10^5$ times larger, and the linear convergence of SGD needs more
-# epochs to remove the larger initial error: after 3 epochs it is far behind
-# the others and it catches up later. A large initialisation only hurts; in deep
+# loss of about 1000 instead of about 17 (weights of size ~30 instead of ~0.01),
+# and SGD, which shrinks the error by a roughly constant factor per epoch, needs
+# more epochs to remove a larger initial error: after 3 epochs it is far behind
+# the others, and it catches up only by epoch 10. A large initialisation only hurts; in deep
 # networks it can also make activations and gradients explode.
 #
 # ## 3.4.2: Ohm's law with automatic differentiation
@@ -472,7 +473,8 @@ plt.show()
 # %% [markdown]
 # - **Regular data.** All three losses find the parameters. The squared loss
 #   converges fastest and most precisely: its gradient shrinks with the residual,
-#   so steps get smaller near the optimum. The absolute loss's gradient has
+#   so steps get smaller near the optimum (Huber, squared near zero, ends up
+#   just as precise after a slower start). The absolute loss's gradient has
 #   the same size everywhere (the sign of the residual), so it moves at most
 #   `lr` per step towards the answer and then keeps jittering around it at a
 #   distance of order `lr`.
