@@ -1,0 +1,536 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Exercises of d2l sections 3.3 and 3.4, answered with jaxlin
+#
+# Each exercise is answered in runnable form, with the answer in words next to
+# the evidence. Section 3.3 is about the synthetic data and the data loader,
+# section 3.4 about the model, the loss and training.
+
+# %%
+# %matplotlib inline
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+import jaxlin
+from jaxlin.plot import plot_history
+
+key = jax.random.key(0)
+key_data, key_init, key_shuffle, key_more = jax.random.split(key, 4)
+data = jaxlin.synthetic_splits(key_data)  # the lecture's problem: 1000 + 1000 examples
+X_train, y_train = data.train
+params0 = jaxlin.init_params(key_init, num_inputs=2)
+
+# %% [markdown]
+# ## 3.3.1 and 3.4.7: the batch size does not divide the number of examples
+#
+# *What happens if the number of examples cannot be divided by the batch size?
+# What happens to the data iterator at the end of an epoch?*
+#
+# With 1000 examples and a batch size of 64, an epoch is 15 full batches and a
+# **last batch** of the remaining 40 examples.
+
+# %%
+sizes = [Xb.shape[0] for Xb, _ in jaxlin.minibatches(X_train, y_train, 64, key=key_shuffle)]
+print("batch sizes:", sizes)
+print(f"last batch: {sizes[-1]} examples; all {sum(sizes)} examples used once")
+_, history = jaxlin.fit(params0, data.train, lr=0.03, max_epochs=2, batch_size=64, key=key_shuffle)
+print("history.train_loss shape (epochs, steps):", history.train_loss.shape)
+
+# %% [markdown]
+# The iterator simply yields a smaller last batch, and `jaxlin.fit` takes a
+# real SGD step on it. Because the loss is a *mean*, that step is not smaller,
+# only noisier (its gradient averages 40 examples instead of 64). Every example
+# is still used exactly once per epoch. Two practical consequences: a jitted step
+# compiles once more for the new shape (see `04_jit_exploration`), and a very
+# small last batch (say 1 example) gives one very noisy step per epoch.
+#
+# To drop the last batch instead, PyTorch's `DataLoader` takes
+# `drop_last=True`. `jaxlin` has no such flag; the equivalent is to cut each
+# epoch's *shuffled* order to a multiple of the batch size, so that different
+# examples are left out in different epochs:
+
+# %%
+n, batch_size = X_train.shape[0], 64
+order = jaxlin.permutation(jaxlin.epoch_key(key_shuffle, 0), n)
+kept = order[: (n // batch_size) * batch_size].reshape(-1, batch_size)
+print("drop_last batches:", kept.shape, "- left out this epoch:", n - kept.size, "examples")
+
+# %% [markdown]
+# ## 3.3.2: data that does not fit in memory
+#
+# *How would you shuffle data held on disk?* With a pseudorandom permutation
+# that can be evaluated at any position on its own. `jaxlin.permute_indices`
+# is such a keyed bijection (a Feistel network): the index at position `i` of
+# a shuffle of a billion rows costs a few hashes and no memory for the other
+# positions, so each batch can read just its own rows from disk.
+
+# %%
+n_huge = 10**9
+positions = jnp.arange(8)
+print("first 8 rows to read:", jaxlin.permute_indices(key_shuffle, positions, n_huge))
+
+# %% [markdown]
+# ## 3.3.3 and 3.3.4: a generator of new data, and one that repeats itself
+#
+# *Implement a data generator that produces new data on the fly, every time
+# the iterator is called.* In JAX "new random numbers" means "a new key". The
+# generator below derives the key of batch `i` with `fold_in(key, i)`, so it
+# never re-uses one; it is an endless stream, and training on it never sees the
+# same example twice (so the training loss is itself an unbiased estimate of the
+# test loss).
+
+
+# %%
+def fresh_batches(key, batch_size, w=jaxlin.SEED_W, b=jaxlin.SEED_B):
+    """Endless minibatches of brand-new synthetic data: batch i from fold_in(key, i)."""
+    for i in itertools.count():
+        yield jaxlin.synthetic_data(jax.random.fold_in(key, i), w, b, batch_size)
+
+
+params = params0
+for Xb, yb in itertools.islice(fresh_batches(key_more, 32), 200):
+    params, loss = jaxlin.train_step(params, Xb, yb, 0.03)
+w_err, b_err = jaxlin.estimation_error(params, data.w, data.b)
+print(f"after 200 fresh batches: loss {loss:.2e}, error in w {w_err}, error in b {b_err:.2e}")
+first = [np.asarray(Xb[0]) for Xb, _ in itertools.islice(fresh_batches(key_more, 32), 3)]
+print("first example of batches 0, 1, 2:", first)
+
+# %% [markdown]
+# *How would you design a random data generator that generates the same data
+# each time it is called?* Give it a fixed key. With a global RNG this needs a
+# reseed before every call; with explicit keys it is the default: the data are
+# a pure function of the key.
+
+
+# %%
+def same_data(num_examples=1000):
+    """The same synthetic data on every call: the key is fixed."""
+    return jaxlin.synthetic_data(jax.random.key(42), jaxlin.SEED_W, jaxlin.SEED_B, num_examples)
+
+
+(Xa, ya), (Xb, yb) = same_data(), same_data()
+print("two calls, identical data:", bool(jnp.array_equal(Xa, Xb) and jnp.array_equal(ya, yb)))
+
+# %% [markdown]
+# ## 3.4.1: initialising the weights to zero, or with variance 1000
+#
+# *Would the algorithm still work with zero weights? With variance 1000 instead
+# of 0.01?*
+
+# %%
+inits = {"sigma = 0.01 (lecture)": 0.01, "zeros": 0.0, "variance 1000": 1000**0.5}
+fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+for label, sigma in inits.items():
+    p = jaxlin.init_params(key_init, 2, sigma=sigma)
+    p, h = jaxlin.fit(p, data.train, data.val, lr=0.03, max_epochs=10, key=key_shuffle)
+    w_err, b_err = jaxlin.estimation_error(p, data.w, data.b)
+    print(f"{label:24s} val loss after 3 / 10 epochs: {h.val_loss[2]:.2e} / {h.val_loss[-1]:.2e}")
+    ax.plot(np.arange(1, 11), h.val_loss, "o-", label=label)
+ax.set_yscale("log")
+ax.set_xlabel("epoch")
+ax.set_ylabel("validation loss")
+ax.set_title("initialisation")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# **Zero initialisation works** for linear regression (its curve lies on top
+# of the lecture's: `sigma = 0.01` is already almost zero): the loss is convex, and
+# the gradient with respect to `w` is $X^\top(\hat{y} - y)/n$, which is not zero
+# at `w = 0`, so nothing is stuck. (It fails in networks with hidden layers,
+# where zero weights make all hidden units identical with identical gradients:
+# the symmetry is never broken.) **Variance 1000 still converges**, because the
+# problem is convex and the learning rate is small enough, but it starts with a
+# loss of about 1000 instead of about 17 (weights of size ~30 instead of ~0.01),
+# and SGD, which shrinks the error by a roughly constant factor per epoch, needs
+# more epochs to remove a larger initial error: after 3 epochs it is far behind
+# the others, and it catches up only by epoch 10. A large initialisation only hurts; in deep
+# networks it can also make activations and gradients explode.
+#
+# ## 3.4.2: Ohm's law with automatic differentiation
+#
+# *You are Georg Simon Ohm: can you use autodiff to learn the parameters of a
+# model relating voltage and current?* Yes. We "measure" the voltage across a
+# 47 Ω resistor for 200 currents between 0 and 1 A, with 0.1 V of measurement
+# noise, and fit $V = R\,I + V_0$ with `jaxlin.fit` (which differentiates the
+# loss with `jax.grad`). The fitted offset $V_0$ should come out near 0 if Ohm's
+# law holds.
+
+# %%
+key_i, key_v = jax.random.split(key_more)
+current = jax.random.uniform(key_i, (200, 1))  # amperes
+voltage = 47.0 * current + 0.1 * jax.random.normal(key_v, (200, 1))  # volts
+p, _ = jaxlin.fit(
+    jaxlin.init_params(key_init, 1),
+    (current, voltage),
+    lr=0.3,
+    max_epochs=50,
+    batch_size=20,
+    key=key_shuffle,
+)
+A = jnp.hstack([current, jnp.ones_like(current)])
+(R_ls, V0_ls), *_ = jnp.linalg.lstsq(A, voltage.ravel())
+print(f"SGD with autodiff: R = {p['w'][0, 0]:.3f} ohm, V0 = {p['b'][0]:+.3f} V")
+print(f"least squares:     R = {R_ls:.3f} ohm, V0 = {V0_ls:+.3f} V")
+
+# %% [markdown]
+# Autodiff recovers the resistance (and a negligible offset) as well as the
+# closed-form least-squares solution does. Nothing in `jax.grad` is specific to
+# this model: Ohm only has to write down the loss.
+#
+# ## 3.4.3: Planck's law
+#
+# *Can you use Planck's law to determine the temperature of an object from its
+# spectral energy density?*
+#
+# $$B(\lambda, T) = \frac{2hc^2}{\lambda^5}\left(\exp\frac{hc}{\lambda k T} - 1\right)^{-1}.$$
+#
+# Yes: the model is non-linear in $T$, but gradient descent only needs its
+# derivative, which `jax.grad` provides. Two practical points. In SI units $B$
+# is of order $10^{13}$, so a squared loss on $B$ itself has gradients so large
+# that no sensible learning rate works; we fit $\log B$ instead, which also
+# weighs all wavelengths equally. And we measure $T$ in thousands of kelvin so
+# that the parameter is of order 1. We "measure" a 5800 K black body (the Sun)
+# at 50 wavelengths from 0.3 to 3 µm with 2 % noise, and start from 3000 K.
+
+# %%
+HC_OVER_K = 14387.77  # hc / k in µm·K
+TWO_HC2 = 2 * 6.62607015e-34 * 299792458.0**2 * 1e24  # 2hc^2 in W m^-2 sr^-1 µm^4 (λ in µm)
+
+
+def log_planck(wavelength_um, temperature_k):
+    """log B(λ, T), with B per metre of wavelength and λ in µm."""
+    x = HC_OVER_K / (wavelength_um * temperature_k)
+    return jnp.log(TWO_HC2) - 5 * jnp.log(wavelength_um) - jnp.log(jnp.expm1(x)) + jnp.log(1e6)
+
+
+wavelengths = jnp.linspace(0.3, 3.0, 50)
+log_b = log_planck(wavelengths, 5800.0) + 0.02 * jax.random.normal(key_more, (50,))
+
+
+def planck_loss(t_kilo):
+    return jnp.mean((log_planck(wavelengths, 1000 * t_kilo) - log_b) ** 2) / 2
+
+
+@jax.jit
+def fit_temperature(t_kilo, lr):
+    def step(t, _):
+        loss, grad = jax.value_and_grad(planck_loss)(t)
+        return t - lr * grad, (t, loss)
+
+    return jax.lax.scan(step, t_kilo, length=200)
+
+
+t_fit, (t_path, loss_path) = fit_temperature(3.0, 1.0)
+print(f"fitted temperature: {1000 * t_fit:.0f} K (true 5800 K)")
+
+
+def raw_loss(t):
+    return jnp.mean((jnp.exp(log_planck(wavelengths, 1000 * t)) - jnp.exp(log_b)) ** 2) / 2
+
+
+raw_grad = jax.jit(jax.grad(raw_loss))(3.0)
+print(f"for comparison, the gradient of a squared loss on B itself at 3000 K: {raw_grad:.1e}")
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+ax1.plot(wavelengths, jnp.exp(log_b), ".", label="measured")
+ax1.plot(wavelengths, jnp.exp(log_planck(wavelengths, 1000 * t_fit)), label="fit")
+ax1.set_xlabel("wavelength (µm)")
+ax1.set_ylabel("spectral radiance B (W m$^{-2}$ sr$^{-1}$ m$^{-1}$)")
+ax1.legend()
+ax2.plot(1000 * t_path)
+ax2.set_xlabel("gradient step")
+ax2.set_ylabel("temperature (K)")
+plt.show()
+
+# %% [markdown]
+# ## 3.4.4: second derivatives of the loss
+#
+# *What problems might you encounter computing second derivatives of the loss,
+# and how would you fix them?*
+#
+# In PyTorch: `backward()` frees the graph and stores only numbers in
+# `param.grad`, so a second derivative needs `create_graph=True`, and
+# gradients accumulate into `.grad` unless zeroed. In JAX `jax.grad` returns a
+# function that can be differentiated again (`jax.hessian` is
+# `jacfwd(jacrev(f))`), so composing works out of the box. The problems that
+# remain are mathematical and about size:
+#
+# - the Hessian has $p^2$ entries for $p$ parameters: fine here ($p = 3$), but
+#   impossible for large models. The fix is Hessian-vector products
+#   (`jax.jvp` of `jax.grad`), which cost about two gradients and never form
+#   the matrix;
+# - for the squared loss of a linear model the Hessian is the constant
+#   $\tilde{X}^\top \tilde{X} / n$ ($\tilde{X}$ is $X$ with a column of ones),
+#   so it carries no information about where we are; for the absolute-value
+#   loss it is zero wherever it is defined and undefined at a zero residual,
+#   so second-order methods get nothing useful from it.
+
+# %%
+Xb, yb = X_train[:256], y_train[:256]
+flat0, unravel = ravel_pytree(params0)  # (b, w1, w2) as one vector
+
+
+def flat_loss(flat, loss=jaxlin.squared_loss):
+    return loss(jaxlin.linreg(unravel(flat), Xb), yb)
+
+
+hessian = jax.jit(jax.hessian(flat_loss))(flat0)
+X_tilde = jnp.hstack([jnp.ones((256, 1)), Xb])  # the order of ravel_pytree: b, then w
+print("jax.hessian:\n", hessian)
+print("X~ᵀX~ / n equals it:", bool(jnp.allclose(hessian, X_tilde.T @ X_tilde / 256, atol=1e-5)))
+v = jnp.array([1.0, 0.0, 0.0])
+hvp = jax.jit(lambda x, v: jax.jvp(jax.grad(flat_loss), (x,), (v,))[1])(flat0, v)
+print("Hessian-vector product without the matrix:", hvp)
+
+
+def abs_loss(y_hat, y):
+    """Mean absolute error (d2l uses .sum(); the mean keeps lr independent of batch size)."""
+    return jnp.mean(jnp.abs(y_hat - y.reshape(y_hat.shape)))
+
+
+abs_hessian = jax.jit(jax.hessian(functools.partial(flat_loss, loss=abs_loss)))
+print("Hessian of the absolute loss:\n", abs_hessian(flat0))
+
+# %% [markdown]
+# ## 3.4.5: why does the loss reshape `y`?
+#
+# `y_hat = linreg(params, X)` has shape `(n, 1)`. If the labels arrive with
+# shape `(n,)`, then `y_hat - y` **broadcasts** to an `(n, n)` matrix of every
+# prediction minus every label, and the "loss" is silently something else
+# entirely. `jaxlin.squared_loss` reshapes `y` to `y_hat.shape` first, as the
+# lecture does. JAX can also turn such broadcasts into errors
+# (`jax.numpy_rank_promotion("raise")`, which the jaxlin tests switch on).
+
+# %%
+y_hat = jaxlin.linreg(params0, Xb)
+y_flat = yb.ravel()  # labels of shape (n,)
+wrong = (y_hat - y_flat) ** 2 / 2
+print("y_hat", y_hat.shape, "- y", y_flat.shape, "->", wrong.shape)
+print(
+    f"without reshape: {wrong.mean():.3f}, with reshape: {jaxlin.squared_loss(y_hat, y_flat):.3f}"
+)
+with jax.numpy_rank_promotion("raise"):
+    try:
+        y_hat - y_flat
+    except ValueError as err:
+        print("with rank promotion off:", str(err).splitlines()[0][:90], "...")
+
+# %% [markdown]
+# ## 3.4.6: learning rates and epochs
+#
+# *How quickly does the loss drop for different learning rates? Can you reduce
+# the error by training for more epochs?* The learning rate is a traced
+# argument of the compiled run, so trying many of them compiles once.
+
+# %%
+lrs = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.5]
+fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+for lr in lrs:
+    try:
+        _, h = jaxlin.fit(params0, data.train, data.val, lr=lr, max_epochs=10, key=key_shuffle)
+    except jaxlin.TrainingDiverged as err:
+        print(f"lr={lr}: {err}")
+        continue
+    ax.plot(np.arange(1, 11), h.val_loss, "o-", ms=3, label=f"lr={lr}")
+ax.set_yscale("log")
+ax.set_xlabel("epoch")
+ax.set_ylabel("validation loss")
+ax.set_title("learning-rate sweep (batch 32)")
+ax.legend(ncol=2, fontsize="small")
+plt.show()
+
+# %% [markdown]
+# The validation loss falls geometrically, faster for larger learning rates,
+# until it reaches the noise floor $0.01^2/2 = 5 \times 10^{-5}$ (the noise we
+# put in the labels): at 0.01 and below even ten epochs are far from enough,
+# 0.03 needs about seven, 0.1 two, 0.3 to 1 a single epoch, and too large a
+# rate (here 2.5)
+# makes the steps overshoot and the loss diverge, which `fit` reports as
+# `TrainingDiverged`.
+#
+# More epochs: at the lecture's `lr = 0.03` we record the estimation error after
+# every epoch with `fit`'s callback.
+
+# %%
+errors = []
+
+
+def record(end):
+    w_err, b_err = jaxlin.estimation_error(end.params, data.w, data.b)
+    errors.append((float(jnp.linalg.norm(w_err)), abs(float(b_err)), end.val_loss))
+
+
+jaxlin.fit(params0, data.train, data.val, lr=0.03, max_epochs=20, key=key_shuffle, callback=record)
+errors = np.array(errors)
+fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+epochs = np.arange(1, 21)
+ax.plot(epochs, errors[:, 0], "o-", label="|error in w|")
+ax.plot(epochs, errors[:, 1], "s-", label="|error in b|")
+ax.plot(epochs, errors[:, 2], "^-", label="validation loss")
+ax.set_yscale("log")
+ax.set_xlabel("epoch")
+ax.set_ylabel("error / loss")
+ax.set_title("more epochs at lr = 0.03")
+ax.legend()
+plt.show()
+print(f"|error in w| after 3 epochs {errors[2, 0]:.1e}, after 20 epochs {errors[-1, 0]:.1e}")
+
+# %% [markdown]
+# Yes: more epochs reduce the error, geometrically at first, until it reaches
+# the level set by the noise: about $0.01/\sqrt{1000} \approx 3 \times 10^{-4}$
+# for the parameters, $5 \times 10^{-5}$ for the loss. From there on, more
+# epochs only make the parameters wander around the optimum, because each step
+# is taken on a noisy minibatch with a constant learning rate.
+#
+# ## 3.4.8: an absolute-value loss, an outlier, and a hybrid
+#
+# *Try the absolute value loss. What happens for regular data, and if you set
+# `y[5] = 10000`? Can you combine the best of squared and absolute loss?*
+#
+# `jaxlin.fit` trains the squared loss only, so we build a small compiled
+# trainer from jaxlin's pieces (`linreg`, `sgd`, `permutation`) that takes the
+# loss as an argument. It also records `b` after every step. The loss is picked
+# by a *traced* index with `lax.switch`, so one compiled program serves all
+# three losses (a static loss function would compile three times).
+
+
+# %%
+def huber_loss(y_hat, y, delta=1.0):
+    """Squared near zero, absolute (slope delta) beyond |r| = delta: bounded gradients."""
+    r = jnp.abs(y_hat - y.reshape(y_hat.shape))
+    return jnp.mean(jnp.where(r <= delta, r**2 / 2, delta * (r - delta / 2)))
+
+
+LOSSES = {"squared": jaxlin.squared_loss, "absolute": abs_loss, "huber": huber_loss}
+
+
+@functools.partial(jax.jit, static_argnames=("epochs", "batch_size"))
+def train_with_loss(params, X, y, lr, key, loss_index, *, epochs, batch_size=32):
+    """Minibatch SGD on LOSSES[loss_index]; returns params and the b of every step."""
+    n = X.shape[0]
+    steps = n // batch_size
+
+    def loss(y_hat, y):
+        return jax.lax.switch(loss_index, list(LOSSES.values()), y_hat, y)
+
+    def step(params, idx):
+        grads = jax.grad(lambda p: loss(jaxlin.linreg(p, X[idx]), y[idx]))(params)
+        params = jaxlin.sgd(params, grads, lr)
+        return params, params["b"][0]
+
+    def epoch(params, e):
+        order = jaxlin.permutation(jaxlin.epoch_key(key, e), n)
+        return jax.lax.scan(step, params, order[: steps * batch_size].reshape(steps, batch_size))
+
+    params, b_path = jax.lax.scan(epoch, params, jnp.arange(epochs))
+    return params, b_path.ravel()
+
+
+y_outlier = y_train.at[5].set(10000.0)
+paths = {}
+print(f"{'loss':9s} {'labels':8s} {'|error in w|':>13s} {'error in b':>11s}")
+for index, name in enumerate(LOSSES):
+    for labels, y in [("clean", y_train), ("outlier", y_outlier)]:
+        p, paths[name, labels] = train_with_loss(
+            params0, X_train, y, 0.03, key_shuffle, index, epochs=20
+        )
+        w_err, b_err = jaxlin.estimation_error(p, data.w, data.b)
+        print(f"{name:9s} {labels:8s} {float(jnp.linalg.norm(w_err)):13.2e} {float(b_err):+11.2e}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", sharey=True)
+for ax, labels in zip(axes, ["clean", "outlier"], strict=True):
+    for name in LOSSES:
+        ax.plot(np.asarray(paths[name, labels]), lw=1, label=name)
+    ax.axhline(4.2, color="k", ls=":", label="true b")
+    ax.set_xlabel("SGD step")
+    ax.set_title(f"{labels} labels" + (" (y[5] = 10000)" if labels == "outlier" else ""))
+axes[0].set_ylabel("learned b")
+axes[0].set_ylim(-5, 15)
+axes[1].legend()
+plt.show()
+
+# %% [markdown]
+# - **Regular data.** All three losses find the parameters. The squared loss
+#   converges fastest and most precisely: its gradient shrinks with the residual,
+#   so steps get smaller near the optimum (Huber, squared near zero, ends up
+#   just as precise after a slower start). The absolute loss's gradient has
+#   the same size everywhere (the sign of the residual), so it moves at most
+#   `lr` per step towards the answer and then keeps jittering around it at a
+#   distance of order `lr`.
+# - **One outlier, `y[5] = 10000`.** Each time the batch holding example 5
+#   comes round, the squared loss gets a gradient of about
+#   $10000/32 \approx 300$ and `b` jumps by about 9; the estimate is wrecked
+#   (the spikes in the right panel, once per epoch) and the final error is
+#   large. The absolute loss does not notice the outlier's *size* at all: it
+#   only sees the sign of the residual, so the outlier counts like any label
+#   that lies above the line, one sign among 32, and the result is as good as
+#   on clean data. This is the median-versus-mean difference.
+# - **The hybrid.** The Huber loss is quadratic for residuals below `delta` and
+#   linear above, so its gradient is the residual, clipped to `±delta`. Near
+#   the optimum it behaves like the squared loss (precise), and an outlier's
+#   pull is bounded like the absolute loss's (robust). Clipping the gradient
+#   (`jaxlin.clip_by_global_norm`, `fit(gradient_clip_val=...)`) is the other
+#   cheap fix the hint points at: it bounds the *step* rather than each example's
+#   contribution.
+#
+# ## 3.4.9: why reshuffle, and an adversarial ordering
+#
+# *Why do we need to reshuffle the dataset? Can you design a maliciously ordered
+# dataset that breaks the optimization otherwise?*
+#
+# SGD assumes each minibatch is a random sample, so that its gradient is an
+# unbiased estimate of the full gradient. An adversary who controls the order
+# can break that. Take noisier labels (noise 1.0 instead of 0.01) and sort the
+# examples by their noise, so each epoch *ends* with the examples whose labels
+# are furthest above the line. Without shuffling, every epoch finishes with a
+# run of steps that all pull `b` upwards, and training stops right there.
+
+# %%
+X_noisy, y_noisy = jaxlin.synthetic_data(key_more, jaxlin.SEED_W, jaxlin.SEED_B, 1000, noise=1.0)
+residual = (y_noisy - X_noisy @ data.w.reshape(-1, 1) - data.b).ravel()
+sorted_order = jnp.argsort(residual)  # the adversarial ordering
+adversarial = (X_noisy[sorted_order], y_noisy[sorted_order])
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", sharey=True)
+for ax, shuffle in zip(axes, [False, True], strict=True):
+    p, h = jaxlin.fit(
+        params0, adversarial, data.val, lr=0.1, max_epochs=10, key=key_shuffle, shuffle=shuffle
+    )
+    _, b_err = jaxlin.estimation_error(p, data.w, data.b)
+    print(
+        f"adversarial order, shuffle={shuffle}: learned b = {float(p['b'][0]):.3f}, "
+        f"error in b = {float(b_err):+.3f}"
+    )
+    plot_history(h, ax=ax, title=f"adversarial order, shuffle={shuffle}")
+plt.show()
+
+# %% [markdown]
+# In order, the learned bias is off by about one noise standard deviation,
+# because the last few steps of each epoch (the memory of SGD at `lr = 0.1`
+# is about 10 steps) saw only the largest positive noise; the training loss
+# shows the same saw-tooth every epoch. Reshuffled, the error is an order of
+# magnitude smaller. Reshuffling **every** epoch, rather than once, also keeps
+# the batches of different epochs different, so no fixed sequence of batches
+# (and no fixed last batch) can bias the end point. With `jaxlin` the fresh
+# order of epoch `e` is `permutation(fold_in(key, e), n)`.

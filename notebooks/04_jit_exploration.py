@@ -1,0 +1,350 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Exploring `jax.jit`
+#
+# `jaxlin.fit` has three engines that compute the same thing in three ways:
+#
+# - `"eager"`: the lecture's Python loop, every operation dispatched on its own;
+# - `"step"`: the same loop calling a `jax.jit`-compiled train step;
+# - `"scan"`: each epoch (shuffle, batches, steps, validation) is a `lax.scan`
+#   inside one compiled program.
+#
+# We time them on the lecture's problem and on a large one, with the time
+# spent **compiling** shown apart from the time spent **running**; then we look
+# at what makes a jitted function compile again, and at how the batch size and
+# the learning rate shape the loss curve.
+#
+# Set `JAXLIN_NB_SMALL=1` to shrink the large problem (the test suite does).
+
+# %%
+# %matplotlib inline
+import contextlib
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+import jaxlin
+from jaxlin.plot import plot_history
+
+SMALL = os.environ.get("JAXLIN_NB_SMALL", "0") == "1"
+LARGE_N = 32_000 if SMALL else 1_000_000  # training examples of the large problem
+EAGER_STEPS = 20 if SMALL else 100  # the eager engine is timed on this many steps, scaled up
+
+print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+print(f"large problem: {LARGE_N:,} examples" + (" (JAXLIN_NB_SMALL=1)" if SMALL else ""))
+
+# %% [markdown]
+# ## Compile time versus run time
+#
+# JAX reports every XLA compilation through `jax.monitoring`; the context
+# manager below adds up their durations. The first call of a jitted function
+# traces and compiles it and then runs; later calls with the same shapes and
+# types reuse the compiled program and only run.
+
+# %%
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compile_clock():
+    """Yields [number of compilations, seconds spent compiling] inside the block."""
+    stats = [0, 0.0]
+
+    def listener(event, duration, **kwargs):
+        if event == COMPILE_EVENT:
+            stats[0] += 1
+            stats[1] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield stats
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def measure(run):
+    """Time the first call (compile + run) and the second (run only) of ``run()``."""
+    with compile_clock() as stats:
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        first = time.perf_counter() - start
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    return {
+        "first": first,
+        "compiles": stats[0],
+        "compile": stats[1],
+        "run": time.perf_counter() - start,
+    }
+
+
+key_data, key_init, key_shuffle = jax.random.split(jax.random.key(0), 3)
+seed = jaxlin.synthetic_splits(key_data)  # 1000 + 1000 examples
+large = jaxlin.synthetic_splits(key_data, num_train=LARGE_N, num_val=10_000)
+params0 = jaxlin.init_params(key_init, 2)
+
+
+def run_fit(data, engine, num_train=None, epochs=1):
+    X, y = data.train
+    if num_train is not None:
+        X, y = X[:num_train], y[:num_train]
+
+    def run():
+        params, _ = jaxlin.fit(
+            params0,
+            (X, y),
+            data.val,
+            lr=0.03,
+            max_epochs=epochs,
+            batch_size=32,
+            key=key_shuffle,
+            engine=engine,
+        )
+        return params
+
+    return run
+
+
+# %% [markdown]
+# On the lecture's problem: one epoch of 1000 examples in batches of 32 (32
+# steps, the last one of 8 examples).
+
+# %%
+rows = []
+for engine in ("eager", "step", "scan"):
+    m = measure(run_fit(seed, engine))
+    rows.append(("lecture (1,000)", engine, m, 1.0))
+
+# %% [markdown]
+# On the large problem the eager engine would take minutes, so it runs
+# `EAGER_STEPS` steps and its time is scaled to a whole epoch (it does the same
+# work at every step, whatever the size of the data).
+
+# %%
+steps_large = -(-LARGE_N // 32)
+m = measure(run_fit(large, "eager", num_train=EAGER_STEPS * 32))
+rows.append((f"large ({LARGE_N:,})", "eager", m, steps_large / EAGER_STEPS))
+for engine in ("step", "scan"):
+    rows.append((f"large ({LARGE_N:,})", engine, measure(run_fit(large, engine)), 1.0))
+
+print(
+    f"{'problem':18s} {'engine':6s} {'first call':>10s} {'compiles':>8s} {'compile':>9s} "
+    f"{'run/epoch':>10s} {'per step':>9s}"
+)
+for problem, engine, m, scale in rows:
+    steps = 32 if problem.startswith("lecture") else steps_large
+    run = m["run"] * scale
+    extra = " (scaled)" if scale != 1.0 else ""
+    print(
+        f"{problem:18s} {engine:6s} {m['first']:9.3f}s {m['compiles']:8d} {m['compile']:8.3f}s "
+        f"{run:9.3f}s {1e6 * run / steps:7.1f}µs{extra}"
+    )
+
+# %%
+fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+labels = [f"{p.split()[0]}\n{e}" for p, e, _, _ in rows]
+compile_s = [m["compile"] for _, _, m, _ in rows]
+run_s = [m["run"] * s for _, _, m, s in rows]
+x = np.arange(len(rows))
+ax.bar(x - 0.2, compile_s, 0.4, label="compile (first call)")
+ax.bar(x + 0.2, run_s, 0.4, label="run, one epoch")
+ax.set_xticks(x, labels)
+ax.set_yscale("log")
+ax.set_xlabel("problem and engine")
+ax.set_ylabel("seconds")
+ax.set_title("compile time versus run time")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# What the numbers show (they vary with the machine, but not their order):
+#
+# - **eager** compiles too: every primitive (`dot_general`, `sub`, ...) is
+#   compiled once per shape into a tiny program, hence dozens of small
+#   compilations. After that each step still pays Python dispatch for every
+#   operation, so it is by far the slowest per step.
+# - **step** compiles one program per batch shape (two on the lecture's
+#   problem: the full batches and the smaller last one; a new data size also
+#   compiles the data loader's shuffle) and then pays one dispatch per step,
+#   plus the batch gather of the Python data loader.
+# - **scan** compiles the whole epoch once. On the lecture's problem compiling
+#   costs far more than running (an epoch runs in well under a millisecond), so
+#   for small problems the compile time is what you wait for; on the large
+#   problem the per-step cost is what matters, and scan's is the lowest
+#   because nothing goes back to Python between steps.
+#
+# ## What triggers a recompile
+#
+# `jax.jit` caches compiled programs by the *abstract* signature of the
+# arguments: shapes, dtypes, weak types and the values of static arguments.
+# Any change there means a new trace and a new compilation. We count them
+# around calls of `jaxlin.train_step`, with all inputs made beforehand.
+
+# %%
+X, y = seed.train
+Xb, yb = X[:32], y[:32]
+X_last, y_last = X[992:], y[992:]  # the last batch: 8 examples
+lr_a, lr_b = jnp.float32(0.03), jnp.float32(0.1)
+jax.block_until_ready(jaxlin.train_step(params0, Xb, yb, lr_a))  # compiled once here
+
+
+def recompiles(label, fn):
+    with compile_clock() as stats:
+        jax.block_until_ready(fn())
+    print(f"{label:45s} recompiles: {stats[0]}")
+
+
+recompiles("same shapes, same lr", lambda: jaxlin.train_step(params0, Xb, yb, lr_a))
+recompiles(
+    "same shapes, another lr (a traced argument)", lambda: jaxlin.train_step(params0, Xb, yb, lr_b)
+)
+recompiles(
+    "a new shape (the last batch of 8)", lambda: jaxlin.train_step(params0, X_last, y_last, lr_a)
+)
+recompiles("that shape again", lambda: jaxlin.train_step(params0, X_last, y_last, lr_a))
+recompiles("lr as a Python float (weak type)", lambda: jaxlin.train_step(params0, Xb, yb, 0.03))
+recompiles("another Python float", lambda: jaxlin.train_step(params0, Xb, yb, 0.05))
+
+# %% [markdown]
+# A traced learning rate can change freely. A new batch shape compiles once
+# and is then cached. A Python float is a *weakly typed* scalar, a different
+# abstract type from a `float32` array, so switching between the two compiles
+# once more (but different Python floats share one program).
+#
+# A Python scalar that is **static** (marked in `static_argnames`, or captured
+# by a closure that is jitted anew) is part of the cache key: every new value
+# compiles again. This is the classic mistake when sweeping a hyperparameter:
+
+
+# %%
+def step_with_lr(lr):
+    """A closure over a Python lr, jitted anew for each value: one compile per value."""
+
+    def step(params, X, y):
+        grads = jax.grad(jaxlin.loss_fn)(params, X, y)
+        return jaxlin.sgd(params, grads, lr)
+
+    return jax.jit(step)
+
+
+static_step = jax.jit(
+    lambda params, X, y, lr: jaxlin.sgd(params, jax.grad(jaxlin.loss_fn)(params, X, y), lr),
+    static_argnames="lr",
+)
+for lr in (0.01, 0.02, 0.03):
+    recompiles(f"closure jitted anew, lr={lr}", lambda lr=lr: step_with_lr(lr)(params0, Xb, yb))
+for lr in (0.01, 0.02, 0.01):
+    recompiles(f"static_argnames lr={lr}", lambda lr=lr: static_step(params0, Xb, yb, lr=lr))
+
+# %% [markdown]
+# **How to see it.** Besides counting with `jax.monitoring`, JAX can log every
+# compilation (`jax.log_compiles()`), and `jax_explain_cache_misses` says *why*
+# the cache missed: which argument changed, and how. The messages go to the
+# log (stderr), shown below the cell.
+
+# %%
+X_odd, y_odd = X[:16], y[:16]
+with jax.log_compiles():
+    jaxlin.train_step(params0, X_odd, y_odd, lr_a)  # a new shape: logged
+jax.config.update("jax_explain_cache_misses", True)
+try:
+    jaxlin.train_step(params0, X_odd, y_odd.astype(jnp.float16), lr_a)  # a new dtype: explained
+finally:
+    jax.config.update("jax_explain_cache_misses", False)
+
+# %% [markdown]
+# `fit`'s scan engine is written so that nothing recompiles between epochs or
+# between calls with new values: `lr` and the clip norm are traced, the shuffle
+# key is an argument, and the epoch's shapes never change. Only the batch size,
+# the number of epochs per call, `shuffle`, and the shapes of the data (and
+# whether there is validation data) are static.
+
+# %%
+for lr in (0.01, 0.03, 0.1):
+    with compile_clock() as stats:
+        jaxlin.fit(params0, seed.train, seed.val, lr=lr, max_epochs=1, key=key_shuffle)
+    print(f"fit(lr={lr}) recompiles: {stats[0]}")
+
+# %% [markdown]
+# ## Batch size and learning rate
+#
+# On the lecture's problem, 3 epochs. The batch size is static (it fixes the
+# shapes), so each value compiles once; the learning rate is traced.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+for batch_size in (8, 32, 256):
+    _, h = jaxlin.fit(
+        params0, seed.train, seed.val, lr=0.03, max_epochs=3, batch_size=batch_size, key=key_shuffle
+    )
+    steps = h.train_loss.shape[1]
+    loss = h.train_loss.ravel()
+    axes[0].plot(np.arange(1, loss.size + 1) / steps, loss, lw=1, label=f"batch {batch_size}")
+    axes[1].plot(np.arange(1, loss.size + 1), loss, lw=1, label=f"batch {batch_size}")
+axes[0].set_xlabel("epoch")
+axes[1].set_xlabel("SGD step")
+axes[1].set_xscale("log")
+for ax in axes:
+    ax.set_yscale("log")
+    ax.set_ylabel("training loss (per batch)")
+    ax.legend()
+axes[0].set_title("batch size, per epoch (lr 0.03)")
+axes[1].set_title("batch size, per step (lr 0.03)")
+plt.show()
+
+# %% [markdown]
+# Per **epoch**, small batches win: an epoch of batch 8 is 125 updates, of
+# batch 256 only 4, and each update moves the parameters by about the same
+# amount (the loss is a mean, so the gradient does not grow with the batch).
+# Per **step**, the curves nearly coincide: a larger batch gives a less noisy
+# gradient (visible once the loss reaches the noise floor) but not a larger
+# step. On a parallel device a step of 256 costs about as much as a step of 8,
+# which is why large batches pay off there, usually with a larger learning rate.
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+for lr in (0.003, 0.03, 0.3, 1.5):
+    _, h = jaxlin.fit(params0, seed.train, seed.val, lr=lr, max_epochs=3, key=key_shuffle)
+    ax.plot(
+        np.arange(1, h.train_loss.size + 1) / h.train_loss.shape[1],
+        h.train_loss.ravel(),
+        lw=1,
+        label=f"lr {lr}",
+    )
+ax.set_yscale("log")
+ax.set_xlabel("epoch")
+ax.set_ylabel("training loss (per batch)")
+ax.set_title("learning rate (batch 32)")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# A small learning rate descends slowly (0.003 barely moves in 3 epochs);
+# 0.3 reaches the noise floor within the first epoch. 1.5 gets there faster
+# still, but it is close to the stability limit (about $2/\lambda_{\max}$ of
+# the loss's Hessian $\tilde{X}^\top\tilde{X}/n$, here about 2): every step
+# overshoots a little, so the floor it settles at is higher and noisier, and
+# its validation loss creeps up from epoch to epoch. All these runs reuse one
+# compiled program. The last one, with its validation curve:
+
+# %%
+_, h = jaxlin.fit(params0, seed.train, seed.val, lr=1.5, max_epochs=3, key=key_shuffle)
+plot_history(h, title="lr 1.5, batch 32")
+plt.show()
