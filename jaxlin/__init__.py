@@ -3,6 +3,7 @@
 from jaxlin.data import SEED_B, SEED_W, Splits, minibatches, synthetic_data, synthetic_splits
 from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
 from jaxlin.optim import clip_by_global_norm, global_norm, sgd
+from jaxlin.plot import plot_history, plot_sweep, save_history_plot, save_sweep_plot
 from jaxlin.shuffle import epoch_key, permutation, permute_indices
 from jaxlin.sweep import Selection, Summary, SweepResult, config_keys, select, summarize, sweep
 from jaxlin.train import ENGINES, EpochEnd, History, TrainingDiverged, fit, run_epochs, train_step
@@ -32,7 +33,11 @@ __all__ = [
     "minibatches",
     "permutation",
     "permute_indices",
+    "plot_history",
+    "plot_sweep",
     "run_epochs",
+    "save_history_plot",
+    "save_sweep_plot",
     "select",
     "sgd",
     "squared_loss",

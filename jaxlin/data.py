@@ -96,7 +96,9 @@ def minibatches(
     """The seed's from-scratch ``get_dataloader``: ``(X_batch, y_batch)`` pairs, one epoch.
 
     With a ``key`` the examples are read in the order of ``jaxlin.shuffle.permutation
-    (key, n)`` (training); without one, in order (validation). The last batch is
+    (key, n)`` (training); without one, in order (validation). ``fit(..., key=k)``
+    reads epoch ``e`` as ``minibatches(X, y, B, key=epoch_key(k, e))``: pass the
+    epoch's key, not ``k`` itself, to see the batches ``fit`` trains on. The last batch is
     smaller when ``batch_size`` does not divide ``n``, as in the seed. Every
     example appears exactly once. Arguments are checked now, not at first ``next``.
     """
