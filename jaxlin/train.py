@@ -83,7 +83,21 @@ def _epoch_batches(order: jax.Array, n: int, batch_size: int):
     return order[: full * batch_size].reshape(full, batch_size), order[full * batch_size : n]
 
 
-def run_epochs(params, X, y, val, key, first_epoch, lr, clip, *, batch_size, shuffle, num_epochs):
+def run_epochs(
+    params,
+    X,
+    y,
+    val,
+    key,
+    first_epoch,
+    lr,
+    clip,
+    *,
+    batch_size,
+    shuffle,
+    num_epochs,
+    constrain=None,
+):
     """``num_epochs`` epochs of minibatch SGD as one traceable function (the scan engine).
 
     Pure and unjitted, so it can be wrapped in ``jax.jit`` or ``jax.vmap`` (over
@@ -97,6 +111,8 @@ def run_epochs(params, X, y, val, key, first_epoch, lr, clip, *, batch_size, shu
       first_epoch: index of the first epoch (int or traced int).
       lr, clip: learning rate and gradient clip norm (``<= 0``: off), traced.
       batch_size, shuffle, num_epochs: static.
+      constrain: static, optional; applied to each gathered batch (``jaxlin.parallel``
+        passes one that shards it over the devices).
 
     Returns:
       ``(params, (losses, val_losses))`` with ``losses: (num_epochs, ceil(n / B))``
@@ -107,6 +123,8 @@ def run_epochs(params, X, y, val, key, first_epoch, lr, clip, *, batch_size, shu
     def step_on(params, idx):
         Xb = X.at[idx].get(mode="promise_in_bounds")
         yb = y.at[idx].get(mode="promise_in_bounds")
+        if constrain is not None:  # data parallelism: see jaxlin.parallel
+            Xb, yb = constrain(Xb), constrain(yb)
         return _step(params, Xb, yb, lr, clip)
 
     def epoch(params, e):
