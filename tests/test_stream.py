@@ -161,3 +161,18 @@ def test_same_key_same_result_and_keys_matter(shards, key):
     c, _ = stream.fit_stream(p0, shards.root, key=jax.random.key(5), max_epochs=1)
     np.testing.assert_array_equal(a["w"], b["w"])
     assert not np.array_equal(a["w"], c["w"])
+
+
+def test_cli_generate_then_train_from_disk(tmp_path, capsys):
+    from jaxlin.cli import main
+
+    out, js = tmp_path / "d", tmp_path / "r.json"
+    assert main(["generate", "--out", str(out), "--num-examples", "600", "--shards", "2"]) == 0
+    assert main(["train", "--data", str(out), "--no-cache", "--json", str(js), "--quiet"]) == 0
+    record = json.loads(js.read_text())
+    assert len(record["train_loss"]) == 3 * 19 and record["num_examples"] == 600  # 600/32 -> 19
+    np.testing.assert_allclose(record["w"], [2.0, -3.4], atol=0.02)
+    np.testing.assert_allclose(record["w_error"], np.array([2.0, -3.4]) - record["w"], atol=1e-5)
+    (out / "X-00001.npy").write_bytes(b"\x93NUMPY")
+    assert main(["train", "--data", str(out), "--no-cache"]) == 2
+    assert "X-00001.npy" in capsys.readouterr().err

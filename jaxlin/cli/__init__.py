@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxlin.cli import train
+from jaxlin.cli import generate, train
 
-COMMANDS = {"train": train}
+COMMANDS = {"train": train, "generate": generate}
 
 
 def build_parser() -> argparse.ArgumentParser:
