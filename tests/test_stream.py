@@ -168,7 +168,12 @@ def test_cli_generate_then_train_from_disk(tmp_path, capsys):
 
     out, js = tmp_path / "d", tmp_path / "r.json"
     assert main(["generate", "--out", str(out), "--num-examples", "600", "--shards", "2"]) == 0
-    assert main(["train", "--data", str(out), "--no-cache", "--json", str(js), "--quiet"]) == 0
+    assert (
+        main(
+            ["train", "--data", str(out), "--no-cache", "--json", str(js), "--quiet", "--lr", "0.2"]
+        )
+        == 0
+    )
     record = json.loads(js.read_text())
     assert len(record["train_loss"]) == 3 * 19 and record["num_examples"] == 600  # 600/32 -> 19
     np.testing.assert_allclose(record["w"], [2.0, -3.4], atol=0.02)
