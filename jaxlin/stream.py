@@ -24,7 +24,8 @@ that lives on disk. Here:
 
 Every example is used exactly once per epoch (a permutation; tested by
 counting), and peak memory is the prefetch buffers (``prefetch + 2`` blocks),
-not the data: shards are memory-mapped only while a block is read from them.
+not the data: mapped shard pages are handed back to the kernel after each
+block once the dataset is larger than ``ShardReader``'s budget (512 MiB).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import mmap
 import os
 import queue
 import threading
@@ -259,27 +261,66 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
 # --------------------------------------------------------------------------- reading
 
 
-def read_rows(data: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order.
+class ShardReader:
+    """Reads rows from a dataset's shards through memory maps kept open between reads.
 
-    Indices are sorted so each shard is read front to back, then the rows are
-    put back in the requested order. Shards are memory-mapped only for the
-    read: the mapped pages leave this process's memory when it returns.
+    Pages of a file mapping count in the process's resident memory. While the
+    dataset is at most ``budget_bytes`` they stay mapped (every page is read
+    from the page cache once); above it, ``read`` returns them to the kernel
+    after each call (``madvise(MADV_DONTNEED)``: they stay in the page cache,
+    but leave this process), so peak memory is one shard's share of a block's
+    pages, and ``MADV_RANDOM`` stops the kernel mapping neighbouring pages.
     """
-    idx = np.asarray(idx, np.int64)
-    order = np.argsort(idx, kind="stable")
-    sidx = idx[order]
-    offsets = data.offsets
-    bounds = np.searchsorted(sidx, offsets)
-    X = np.empty((idx.size, data.num_features), data.dtype)
-    y = np.empty((idx.size, 1), data.dtype)
-    for s, shard in enumerate(data.shards):
-        lo, hi = bounds[s], bounds[s + 1]
-        if hi > lo:
-            local = sidx[lo:hi] - offsets[s]
-            X[order[lo:hi]] = np.load(shard.X, mmap_mode="r")[local]
-            y[order[lo:hi], 0] = np.load(shard.y, mmap_mode="r").reshape(-1)[local]
-    return X, y
+
+    def __init__(self, data: Dataset, budget_bytes: int = 512 << 20):
+        self.data = data
+        self.X = [np.load(s.X, mmap_mode="r") for s in data.shards]
+        self.y = [np.load(s.y, mmap_mode="r").reshape(-1) for s in data.shards]
+        size = data.num_examples * (data.num_features + 1) * data.dtype.itemsize
+        self.release_each_read = size > budget_bytes
+        if self.release_each_read:  # no fault-around: map only the pages the rows are on
+            for mm in self._maps(range(len(self.X))):
+                mm.madvise(mmap.MADV_RANDOM)
+
+    def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order.
+
+        Indices are sorted so each shard is read front to back, then the rows
+        are put back in the requested order.
+        """
+        idx = np.asarray(idx, np.int64)
+        order = np.argsort(idx, kind="stable")
+        sidx = idx[order]
+        offsets = self.data.offsets
+        bounds = np.searchsorted(sidx, offsets)
+        X = np.empty((idx.size, self.data.num_features), self.data.dtype)
+        y = np.empty((idx.size, 1), self.data.dtype)
+        for s in range(len(self.data.shards)):
+            lo, hi = bounds[s], bounds[s + 1]
+            if hi > lo:
+                local = sidx[lo:hi] - offsets[s]
+                X[order[lo:hi]] = self.X[s][local]
+                y[order[lo:hi], 0] = self.y[s][local]
+                if self.release_each_read:
+                    self.release([s])
+        return X, y
+
+    def _maps(self, shards):
+        for s in shards:
+            for a in (self.X[s], self.y[s]):
+                mm = getattr(a, "_mmap", None) or getattr(a.base, "_mmap", None)
+                if mm is not None:
+                    yield mm
+
+    def release(self, shards=None) -> None:
+        """Drop the mapped pages of ``shards`` (default all) from this process."""
+        for mm in self._maps(range(len(self.X)) if shards is None else shards):
+            mm.madvise(mmap.MADV_DONTNEED)  # the page cache keeps them
+
+
+def read_rows(data: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order."""
+    return ShardReader(data).read(idx)
 
 
 @functools.partial(jax.jit, static_argnames=("size", "n"))
@@ -418,9 +459,11 @@ def fit_stream(
     params = jax.tree.map(lambda p: jnp.asarray(p, data.dtype), params)
     lr_a, clip_a = jnp.asarray(lr, data.dtype), jnp.asarray(clip, data.dtype)
 
+    reader = ShardReader(data)
+
     def blocks(epoch):
         for idx in epoch_blocks(data, key, epoch, batch_size, block_batches):
-            X, y = read_rows(data, idx.reshape(-1))
+            X, y = reader.read(idx.reshape(-1))
             k, b = idx.shape
             yield jax.device_put((X.reshape(k, b, -1), y.reshape(k, b, 1)))
 

@@ -181,3 +181,15 @@ def test_cli_generate_then_train_from_disk(tmp_path, capsys):
     (out / "X-00001.npy").write_bytes(b"\x93NUMPY")
     assert main(["train", "--data", str(out), "--no-cache"]) == 2
     assert "X-00001.npy" in capsys.readouterr().err
+
+
+def test_reader_releasing_pages_reads_the_same_rows(shards, key):
+    idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:500]
+    kept = stream.ShardReader(shards)
+    released = stream.ShardReader(shards, budget_bytes=0)
+    assert not kept.release_each_read and released.release_each_read
+    for _ in range(2):  # read again after the pages were handed back
+        for a, b in zip(kept.read(idx), released.read(idx), strict=True):
+            np.testing.assert_array_equal(a, b)
+    X, _ = load_all(shards)
+    np.testing.assert_array_equal(released.read(idx)[0], X[idx])
