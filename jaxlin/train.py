@@ -97,7 +97,7 @@ def _epoch_batches(order: jax.Array, n: int, batch_size: int):
 PREGATHER_MAX_FEATURES = 16  # up to this d, gather the epoch's batches once, up front
 
 
-def _scan_epoch(params, X, y, order, lr, clip, batch_size: int):
+def _scan_epoch(params, X, y, order, lr, clip, batch_size: int, constrain=None):
     """One epoch as a ``lax.scan`` of ``_step`` over its minibatches; ``(params, losses)``.
 
     For small ``d`` the epoch's rows are gathered in one go (a per-step gather
@@ -110,20 +110,36 @@ def _scan_epoch(params, X, y, order, lr, clip, batch_size: int):
     def take(idx):
         return X.at[idx].get(mode="promise_in_bounds"), y.at[idx].get(mode="promise_in_bounds")
 
+    def step(p, Xb, yb):
+        if constrain is not None:  # data parallelism: see jaxlin.parallel
+            Xb, yb = constrain(Xb), constrain(yb)
+        return _step(p, Xb, yb, lr, clip)
+
     if d <= PREGATHER_MAX_FEATURES:
-        params, losses = jax.lax.scan(
-            lambda p, batch: _step(p, *batch, lr, clip), params, take(full)
-        )
+        params, losses = jax.lax.scan(lambda p, batch: step(p, *batch), params, take(full))
     else:
-        params, losses = jax.lax.scan(lambda p, idx: _step(p, *take(idx), lr, clip), params, full)
+        params, losses = jax.lax.scan(lambda p, idx: step(p, *take(idx)), params, full)
     if rest.shape[0]:  # the seed's smaller last batch: a real step of its own
-        params, last = _step(params, *take(rest), lr, clip)
+        params, last = step(params, *take(rest))
         losses = jnp.concatenate([losses, last[None]])
     return params, losses
 
 
 def run_epochs(
-    params, X, y, val, key, first_epoch, lr, clip, *, batch_size, shuffle, num_epochs, affine=False
+    params,
+    X,
+    y,
+    val,
+    key,
+    first_epoch,
+    lr,
+    clip,
+    *,
+    batch_size,
+    shuffle,
+    num_epochs,
+    affine=False,
+    constrain=None,
 ):
     """``num_epochs`` epochs of minibatch SGD as one traceable function (the compiled engine).
 
@@ -142,6 +158,8 @@ def run_epochs(
       affine: static; run each epoch with ``jaxlin.affine.affine_epoch`` (the
         same steps in logarithmic depth; ``clip`` is then ignored: ``fit``
         refuses that combination).
+      constrain: static, optional; applied to each gathered batch (``jaxlin.parallel``
+        passes one that shards it over the devices).
 
     Returns:
       ``(params, (losses, val_losses))`` with ``losses: (num_epochs, ceil(n / B))``
@@ -157,7 +175,7 @@ def run_epochs(
         if affine:
             params, losses = affine_epoch(params, X, y, order, lr, batch_size)
         else:
-            params, losses = _scan_epoch(params, X, y, order, lr, clip, batch_size)
+            params, losses = _scan_epoch(params, X, y, order, lr, clip, batch_size, constrain)
         val_loss = loss_fn(params, *val) if val is not None else jnp.nan
         return params, (losses, val_loss)
 

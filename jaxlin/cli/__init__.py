@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxlin.cli import sweep, train
+from jaxlin.cli import generate, sweep, train
 
-COMMANDS = {"train": train, "sweep": sweep}
+COMMANDS = {"train": train, "sweep": sweep, "generate": generate}
 
 
 def build_parser() -> argparse.ArgumentParser:

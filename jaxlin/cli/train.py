@@ -34,6 +34,7 @@ def add_parser(sub) -> None:
     t.add_argument("--plot", type=Path, default=None, help="write the loss curves (PNG)")
     t.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
+    t.add_argument("--data", type=Path, default=None, help="train from shards on disk (streamed)")
     add_jax_flags(t)
 
 
@@ -42,6 +43,10 @@ def run(args) -> dict:
     for flag, path in (("--plot", args.plot), ("--json", args.json)):
         check_output(flag, path)
     configure_jax(args)
+    if args.data is not None:  # shards on disk: jaxlin/cli/train_data.py
+        from jaxlin.cli import train_data
+
+        return train_data.run(args)
     import jax
     import numpy as np
 

@@ -1,0 +1,112 @@
+"""Streaming from disk vs the in-memory compiled engine: peak RSS and throughput.
+
+Each measurement runs in a fresh subprocess that reports its own peak RSS
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, from the OS) and the time of
+its last epoch (steady state: compilation and the first, cold-cache epoch are
+excluded). The data is generated once with ``jaxlin generate`` into ``--dir``.
+
+    python benchmarks/bench_stream.py --num-examples 2000000 --d 100 --memory
+    python benchmarks/bench_stream.py --num-examples 20000000 --d 100   # 8 GB, stream only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, resource, sys, time
+import jax, numpy as np
+import jaxlin
+from jaxlin import stream
+mode, root, batch, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ds = stream.open_dataset(root)
+params = jaxlin.init_params(jax.random.key(1), ds.num_features)
+marks = [time.perf_counter()]
+def tick(end):
+    marks.append(time.perf_counter())
+kw = dict(lr=0.01, max_epochs=epochs, batch_size=batch, key=jax.random.key(2), callback=tick)
+if mode == "stream":
+    params, hist = stream.fit_stream(params, ds, **kw)
+else:
+    X = np.concatenate([np.load(s.X) for s in ds.shards])
+    y = np.concatenate([np.load(s.y) for s in ds.shards])
+    marks[0] = time.perf_counter()
+    params, hist = jaxlin.fit(params, (X, y), **kw)
+epoch_s = [b - a for a, b in zip(marks, marks[1:])]
+print(json.dumps(dict(mode=mode, epoch_s=epoch_s, last_loss=float(hist.train_loss[-1].mean()),
+    examples_per_s=ds.num_examples / epoch_s[-1],
+    peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+"""
+
+
+def child(*argv: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr[-3000:])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--num-examples", type=int, default=2_000_000)
+    p.add_argument("--d", type=int, default=100)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--dir", type=Path, default=Path("/tmp/jaxlin-bench-stream"))
+    p.add_argument("--memory", action="store_true", help="also run the in-memory engine")
+    p.add_argument("--keep", action="store_true", help="keep the generated data")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/stream.json")
+    a = p.parse_args()
+
+    start = time.perf_counter()
+    gen = child("-c", "import resource, sys; from jaxlin.cli import main; rc = main(sys.argv[1:]);"
+                " print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)",
+                "generate", "--out", str(a.dir), "--num-examples", str(a.num_examples),
+                "--d", str(a.d), "--shards", str(a.shards))  # fmt: skip
+    gen_s = time.perf_counter() - start
+    size = sum(f.stat().st_size for f in a.dir.glob("*.npy"))
+    print(gen.stdout.strip())
+    runs = [json.loads(child("-c", CHILD, "stream", str(a.dir), str(a.batch_size),
+                             str(a.epochs)).stdout.splitlines()[-1])]  # fmt: skip
+    if a.memory:
+        runs.append(json.loads(child("-c", CHILD, "memory", str(a.dir), str(a.batch_size),
+                                     str(a.epochs)).stdout.splitlines()[-1]))  # fmt: skip
+    import jax
+
+    result = dict(
+        num_examples=a.num_examples, d=a.d, shards=a.shards, batch_size=a.batch_size,
+        epochs=a.epochs, data_bytes=size, generate_s=gen_s,
+        generate_peak_rss_mib=float(gen.stdout.strip().splitlines()[-1]), runs=runs,
+        jax_version=jax.__version__, backend="cpu", cpus=os.cpu_count(),
+    )  # fmt: skip
+    if a.memory:
+        result["stream_over_memory_throughput"] = (
+            runs[0]["examples_per_s"] / runs[1]["examples_per_s"]
+        )
+    print(f"data: {a.num_examples} x {a.d} float32 = {size / 2**30:.2f} GiB, generated in "
+          f"{gen_s:.0f} s (peak RSS {result['generate_peak_rss_mib']:.0f} MiB)")  # fmt: skip
+    for r in runs:
+        print(f"{r['mode']:>6}: {r['examples_per_s'] / 1e6:6.2f} M examples/s (last epoch "
+              f"{r['epoch_s'][-1]:.2f} s), peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
+    if a.memory:
+        print(f"stream / memory throughput: {result['stream_over_memory_throughput']:.2f}")
+    results = json.loads(a.out.read_text()) if a.out.exists() else {}
+    results[f"{a.num_examples}x{a.d}"] = result
+    a.out.write_text(json.dumps(results, indent=2))
+    if not a.keep:
+        shutil.rmtree(a.dir)
+
+
+if __name__ == "__main__":
+    main()

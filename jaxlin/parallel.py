@@ -1,0 +1,210 @@
+"""Data parallelism on JAX's own machinery: a 1-D device mesh, sharded batches.
+
+The compiled engine (``jaxlin.train.run_epochs``) runs unchanged; the only
+difference is where the arrays live:
+
+* a mesh with one axis, ``"data"``, over the devices (all local devices, or
+  every device of every process after ``initialize_distributed``);
+* the training data and the parameters replicated on every device;
+* each gathered minibatch constrained to ``P("data")``: device ``i`` gets rows
+  ``i * B/D .. (i + 1) * B/D`` of the batch, computes its share of the
+  gradient, and XLA inserts the all-reduce that sums the shares. SGD then
+  updates the (replicated) parameters identically everywhere.
+
+So the result is single-device training on the same key, up to the order of
+floating-point sums (tested to 1e-5). ``batch_size`` must divide by the
+number of devices (the error lists the sizes that do). The seed's smaller last
+batch (``n % batch_size`` examples) is sharded too when it divides, and is
+otherwise computed whole on every device: one replicated step per epoch,
+still correct.
+
+Multi-host: call ``initialize_distributed()`` first in every process (it reads
+``JAXLIN_COORDINATOR``, ``JAXLIN_NUM_PROCESSES``, ``JAXLIN_PROCESS_ID``); the
+mesh then spans all processes' devices, and arrays are assembled from each
+process's data with ``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+
+from jaxlin import checks
+from jaxlin.model import Params
+from jaxlin.train import EpochEnd, History, _check_finite, run_epochs
+
+DATA = "data"  # the mesh axis minibatches are split over
+
+
+def initialize_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """``jax.distributed.initialize`` from arguments or ``JAXLIN_*`` variables.
+
+    Args:
+      coordinator: ``"host:port"`` of process 0 (else ``$JAXLIN_COORDINATOR``).
+      num_processes: number of processes (else ``$JAXLIN_NUM_PROCESSES``).
+      process_id: this process, ``0 .. num_processes - 1`` (else ``$JAXLIN_PROCESS_ID``).
+
+    Returns:
+      ``True`` if JAX's distributed runtime was started, ``False`` when nothing
+      was configured (a single process: nothing to do). Call it before any
+      other JAX work.
+    """
+    env = os.environ
+    coordinator = coordinator or env.get("JAXLIN_COORDINATOR")
+    if coordinator is None:
+        return False
+    try:
+        num_processes = int(num_processes or env["JAXLIN_NUM_PROCESSES"])
+        process_id = int(process_id if process_id is not None else env["JAXLIN_PROCESS_ID"])
+    except KeyError as err:
+        raise ValueError(f"JAXLIN_COORDINATOR is set but {err.args[0]} is not") from None
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process id {process_id} not in [0, {num_processes})")
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    return True
+
+
+def data_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh ``("data",)`` over the first ``num_devices`` devices (default: all).
+
+    The axis is ``AxisType.Auto``: shardings are constraints that XLA's
+    partitioner propagates (``jax.make_mesh`` alone now defaults to Explicit).
+    """
+    devices = jax.devices()
+    if num_devices is None:
+        num_devices = len(devices)
+    num_devices = checks.positive_int("num_devices", num_devices)
+    if num_devices > len(devices):
+        raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices exist")
+    return jax.make_mesh(
+        (num_devices,), (DATA,), axis_types=(AxisType.Auto,), devices=devices[:num_devices]
+    )
+
+
+def valid_batch_sizes(num_devices: int, near: int, count: int = 5) -> list[int]:
+    """Batch sizes that split evenly over ``num_devices``, the ``count`` nearest to ``near``."""
+    mid = near // num_devices
+    sizes = [m * num_devices for m in range(max(1, mid - count), mid + count + 1)]
+    return sorted(sorted(sizes, key=lambda m: abs(m - near))[:count])
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardBatch:
+    """``run_epochs``'s ``constrain`` hook: a batch's rows split over the ``data`` axis.
+
+    Hashable (a static argument of ``jit``). A batch whose length does not
+    divide by the axis size (a smaller last batch) is left to XLA, which
+    computes it replicated.
+    """
+
+    sharding: NamedSharding
+
+    def __call__(self, batch: jax.Array) -> jax.Array:
+        if batch.shape[0] % self.sharding.mesh.shape[DATA]:
+            return batch
+        return jax.lax.with_sharding_constraint(batch, self.sharding)
+
+
+_dp_epochs = jax.jit(
+    run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "constrain")
+)
+
+
+def replicate(mesh: Mesh, tree):
+    """Every leaf of ``tree`` (host arrays, equal in every process) on every device of ``mesh``."""
+    sharding = NamedSharding(mesh, jax.P())
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree
+    )
+
+
+def fit_data_parallel(
+    params: Params,
+    train: tuple,
+    val: tuple | None = None,
+    *,
+    mesh: Mesh | None = None,
+    lr: float = 0.03,
+    max_epochs: int = 3,
+    batch_size: int = 32,
+    key: jax.Array | None = None,
+    shuffle: bool = True,
+    gradient_clip_val: float = 0.0,
+    callback: Callable[[EpochEnd], None] | None = None,
+) -> tuple[Params, History]:
+    """``jaxlin.fit`` (scan engine) run data-parallel over ``mesh``: the same result.
+
+    Args:
+      params, train, val, lr, max_epochs, batch_size, key, shuffle,
+        gradient_clip_val, callback: as in ``jaxlin.fit``. In a multi-process
+        run every process passes the same values (e.g. drawn from the same key).
+      mesh: a mesh with a ``"data"`` axis; default ``data_mesh()`` (all devices).
+
+    Returns:
+      ``(params, history)`` as ``fit``; the parameters are replicated global
+      arrays (``np.asarray`` reads them in any process).
+
+    Raises:
+      ValueError: ``batch_size`` does not divide by the number of devices (the
+        message lists sizes that do), or any of ``fit``'s argument errors.
+
+    Example:
+      >>> mesh = data_mesh()                       # all local devices
+      >>> params, hist = fit_data_parallel(params, data.train, mesh=mesh, batch_size=32,
+      ...                                  key=jax.random.key(0))
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    if DATA not in mesh.shape or len(mesh.shape) != 1:
+        raise ValueError(f"mesh must have one axis named {DATA!r}, got {dict(mesh.shape)}")
+    num_devices = mesh.shape[DATA]
+    num_inputs = checks.params(params)
+    X, y = checks.dataset("train", train, num_inputs)
+    if val is not None:
+        val = checks.dataset("val", val, num_inputs)
+    lr = checks.finite_float("lr", lr, positive=True)
+    max_epochs = checks.positive_int("max_epochs", max_epochs)
+    batch_size = checks.positive_int("batch_size", batch_size)
+    if batch_size > X.shape[0]:
+        raise ValueError(f"batch_size must be <= the number of training examples ({X.shape[0]})")
+    if batch_size % num_devices:
+        raise ValueError(
+            f"batch_size={batch_size} does not split over {num_devices} devices; use a "
+            f"multiple of {num_devices}, e.g. {valid_batch_sizes(num_devices, batch_size)}"
+        )
+    clip = checks.finite_float("gradient_clip_val", gradient_clip_val, nonnegative=True)
+    if shuffle:
+        if key is None:
+            raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
+        key = checks.key("key", key)
+    else:
+        key = jax.random.key(0)  # unused
+
+    params, X, y, val = replicate(mesh, (params, X, y, val))
+    key = jax.random.wrap_key_data(replicate(mesh, jax.random.key_data(key)))
+    lr_a, clip_a = replicate(mesh, (np.asarray(lr, X.dtype), np.asarray(clip, X.dtype)))
+    constrain = ShardBatch(NamedSharding(mesh, jax.P(DATA)))
+    chunk = 1 if callback is not None else max_epochs
+    losses, val_losses = [], []
+    for first in range(0, max_epochs, chunk):
+        count = min(chunk, max_epochs - first)
+        params, (loss, val_loss) = _dp_epochs(
+            params, X, y, val, key, first, lr_a, clip_a,
+            batch_size=batch_size, shuffle=shuffle, num_epochs=count, constrain=constrain,
+        )  # fmt: skip
+        losses.append(np.asarray(loss))
+        val_losses.append(np.asarray(val_loss))
+        _check_finite(params, losses[-1], first, lr)
+        if callback is not None:
+            val_now = None if val is None else float(val_losses[-1][0])
+            callback(EpochEnd(first, params, losses[-1][0], val_now))
+    history = History(np.concatenate(losses), None if val is None else np.concatenate(val_losses))
+    return params, history

@@ -1,0 +1,483 @@
+"""Data on disk: ``.npy`` shards with a JSON manifest, read in shuffled blocks.
+
+The lecture's iterator needs all data in memory; d2l asks how to shuffle data
+that lives on disk. Here:
+
+* ``generate_shards`` writes the synthetic problem as ``X-00000.npy``,
+  ``y-00000.npy``, ... plus ``manifest.json``, a chunk at a time: memory is
+  bounded by ``chunk``, and row ``r`` depends only on the key and ``chunk``
+  (not on the number of shards), so the same key gives the same files.
+* ``open_dataset`` checks the manifest against every shard's ``.npy`` header
+  and size before any training: a truncated, corrupted or mismatched file is
+  a ``ValueError`` that names it.
+* ``fit_stream`` shuffles with the *same* keyed permutation of the whole index
+  space as ``jaxlin.fit`` (``permutation(fold_in(key, epoch), n)``), computed
+  a block at a time with ``permute_indices``: no ``n``-sized array is ever
+  made. A block is ``block_batches`` consecutive minibatches of that order.
+  Its rows are read sorted (each shard front to back, so the reads move
+  forward through the file) and put back into permutation order in memory,
+  so the batches, and the result, are those of ``fit`` on the same data and
+  key. Reading sorted costs a sort of the block's indices; reading unsorted
+  would seek back and forth. A background thread reads and ``device_put``s
+  the next blocks while the device trains on the current one (double
+  buffering), and every block is a jitted ``lax.scan`` over its minibatches.
+
+Every example is used exactly once per epoch (a permutation; tested by
+counting), and peak memory is the prefetch buffers (``prefetch + 2`` blocks),
+not the data: mapped shard pages are handed back to the kernel after each
+block once the dataset is larger than ``ShardReader``'s budget (512 MiB).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import mmap
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlin import checks
+from jaxlin.data import SEED_B, SEED_W, synthetic_data
+from jaxlin.model import Params, loss_fn
+from jaxlin.shuffle import epoch_key, permute_indices
+from jaxlin.train import EpochEnd, History, _check_finite, _step
+
+MANIFEST = "manifest.json"
+FORMAT = "jaxlin-shards/1"
+
+
+class Shard(NamedTuple):
+    """One shard: its two files and its number of rows."""
+
+    X: Path
+    y: Path
+    num_examples: int
+
+
+class Dataset(NamedTuple):
+    """A checked folder of shards (from ``open_dataset``)."""
+
+    root: Path
+    shards: tuple[Shard, ...]
+    num_examples: int
+    num_features: int
+    dtype: np.dtype
+    w: np.ndarray | None  # the true parameters, when the manifest has them
+    b: float | None
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """``(num_shards + 1,)`` first global row of each shard, then ``num_examples``."""
+        return np.concatenate([[0], np.cumsum([s.num_examples for s in self.shards])])
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _split(n: int, parts: int) -> list[int]:
+    """``n`` rows into ``parts`` near-equal counts (the first ones one larger)."""
+    return [n // parts + (i < n % parts) for i in range(parts)]
+
+
+def generate_shards(
+    key: jax.Array,
+    out_dir: str | os.PathLike,
+    num_examples: int,
+    d: int = 2,
+    shards: int = 1,
+    w=None,
+    b: float | None = None,
+    noise: float = 0.01,
+    chunk: int = 1 << 16,
+    dtype=np.float32,
+) -> Dataset:
+    """Write ``y = X w + b + noise`` as ``.npy`` shards and a manifest; bounded memory.
+
+    Args:
+      key: ``jax.random.key``; chunk ``c`` (rows ``c * chunk ..``) is drawn
+        from ``fold_in(key, c)``, so the files do not depend on ``shards``.
+      out_dir: folder to write (created; existing shard files are replaced).
+      num_examples: total rows ``n``.
+      d: features. ``w`` defaults to the lecture's ``[2, -3.4]`` when ``d == 2``,
+        else to ``N(0, 1)`` draws from the key; ``b`` to 4.2.
+      shards: number of files per array (near-equal rows).
+      chunk: rows generated at a time (memory: ``chunk * (d + 1)`` values).
+      dtype: float32 or float64.
+
+    Returns:
+      the ``Dataset`` as ``open_dataset(out_dir)`` reads it.
+    """
+    key = checks.key("key", key)
+    n = checks.positive_int("num_examples", num_examples)
+    d = checks.positive_int("d", d)
+    shards = checks.positive_int("shards", shards)
+    chunk = checks.positive_int("chunk", chunk)
+    dtype = np.dtype(dtype)
+    if dtype not in checks.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if shards > n:
+        raise ValueError(f"shards={shards} is more than num_examples={n}")
+    key_w, key_data = jax.random.split(key)
+    if w is None:
+        w = SEED_W if d == 2 else np.asarray(jax.random.normal(key_w, (d,)))
+    w = np.asarray(w, np.float64).reshape(-1)
+    if w.shape != (d,):
+        raise ValueError(f"w has {w.size} values but d={d}")
+    b = SEED_B if b is None else checks.finite_float("b", b)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # no manifest until every shard is complete
+
+    counts = _split(n, shards)
+    names = [(f"X-{i:05d}.npy", f"y-{i:05d}.npy") for i in range(shards)]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    with jax.default_device(jax.devices("cpu")[0]):
+        w_dev = jnp.asarray(w, dtype)
+        for i, (x_name, y_name) in enumerate(names):
+            X_mm = np.lib.format.open_memmap(out / x_name, "w+", dtype, (counts[i], d))
+            y_mm = np.lib.format.open_memmap(out / y_name, "w+", dtype, (counts[i],))
+            row = int(starts[i])
+            while row < starts[i + 1]:  # the chunk holding `row`, clipped to this shard
+                c = row // chunk
+                lo, hi = c * chunk, min((c + 1) * chunk, n)
+                Xc, yc = synthetic_data(jax.random.fold_in(key_data, c), w_dev, b, hi - lo, noise)
+                take = slice(row - lo, min(hi, int(starts[i + 1])) - lo)
+                rows = slice(row - int(starts[i]), row - int(starts[i]) + take.stop - take.start)
+                X_mm[rows] = np.asarray(Xc)[take]
+                y_mm[rows] = np.asarray(yc)[take, 0]
+                row += take.stop - take.start
+            X_mm.flush()
+            y_mm.flush()
+            del X_mm, y_mm
+    manifest = {
+        "format": FORMAT,
+        "num_examples": n,
+        "num_features": d,
+        "dtype": dtype.name,
+        "shards": [
+            {"X": x, "y": y, "num_examples": c} for (x, y), c in zip(names, counts, strict=True)
+        ],
+        "w": w.tolist(),
+        "b": b,
+        "noise": noise,
+        "chunk": chunk,
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / MANIFEST)
+    return open_dataset(out)
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header, checking the file's size matches."""
+    if not path.is_file():
+        raise ValueError(f"{path}: missing shard file")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except (ValueError, OSError, SyntaxError) as err:
+        raise ValueError(f"{path}: not a readable .npy file ({err})") from None
+    if fortran:
+        raise ValueError(f"{path}: Fortran-ordered arrays are not supported; save C-ordered")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size != expected:
+        raise ValueError(
+            f"{path}: {size} bytes but its header ({shape}, {dtype}) needs {expected}: "
+            f"{'truncated' if size < expected else 'trailing bytes'}"
+        )
+    return shape, dtype
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Read and check ``path/manifest.json`` and every shard's header and size.
+
+    The manifest: ``{"num_examples": n, "num_features": d, "dtype": "float32",
+    "shards": [{"X": "X-0.npy", "y": "y-0.npy", "num_examples": n0}, ...]}``
+    (``w`` and ``b``, the true parameters, optional). ``X`` files are
+    ``(rows, d)``, ``y`` files ``(rows,)`` or ``(rows, 1)``, all of ``dtype``.
+
+    Raises:
+      ValueError: naming the file, for anything that disagrees (missing or
+        truncated file, wrong dtype or width, X and y lengths that differ, a
+        manifest whose counts do not match the files).
+    """
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        raise ValueError(f"{mpath}: no manifest (write one, or use `jaxlin generate`)")
+    try:
+        m = json.loads(mpath.read_text())
+        n, d = int(m["num_examples"]), int(m["num_features"])
+        dtype = np.dtype(m["dtype"])
+        entries = [(e["X"], e["y"], int(e["num_examples"])) for e in m["shards"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{mpath}: malformed manifest ({type(err).__name__}: {err})") from None
+    if dtype not in checks.FLOAT_DTYPES:
+        raise ValueError(f"{mpath}: dtype must be float32 or float64, got {dtype}")
+    if not entries or n < 1 or d < 1:
+        raise ValueError(f"{mpath}: needs num_examples >= 1, num_features >= 1 and shards")
+    shards = []
+    for x_name, y_name, count in entries:
+        X_path, y_path = root / x_name, root / y_name
+        (xs, xt), (ys, yt) = _npy_header(X_path), _npy_header(y_path)
+        for p, t in ((X_path, xt), (y_path, yt)):
+            if t != dtype:
+                raise ValueError(f"{p}: dtype {t}, but the manifest says {dtype}")
+        if len(xs) != 2 or xs[1] != d:
+            raise ValueError(f"{X_path}: shape {xs}, expected (rows, {d})")
+        if len(ys) not in (1, 2) or (len(ys) == 2 and ys[1] != 1):
+            raise ValueError(f"{y_path}: shape {ys}, expected (rows,) or (rows, 1)")
+        if xs[0] != ys[0]:
+            raise ValueError(f"{y_path}: {ys[0]} rows but {X_path.name} has {xs[0]}")
+        if xs[0] != count or count < 1:
+            raise ValueError(f"{X_path}: {xs[0]} rows, but the manifest says {count}")
+        shards.append(Shard(X_path, y_path, count))
+    if sum(s.num_examples for s in shards) != n:
+        total = sum(s.num_examples for s in shards)
+        raise ValueError(f"{mpath}: num_examples is {n} but the shards hold {total}")
+    w = np.asarray(m["w"], np.float64) if m.get("w") is not None else None
+    b = float(m["b"]) if m.get("b") is not None else None
+    return Dataset(root, tuple(shards), n, d, dtype, w, b)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class ShardReader:
+    """Reads rows from a dataset's shards through memory maps kept open between reads.
+
+    Pages of a file mapping count in the process's resident memory. While the
+    dataset is at most ``budget_bytes`` they stay mapped (every page is read
+    from the page cache once); above it, ``read`` returns them to the kernel
+    after each call (``madvise(MADV_DONTNEED)``: they stay in the page cache,
+    but leave this process), so peak memory is one shard's share of a block's
+    pages, and ``MADV_RANDOM`` stops the kernel mapping neighbouring pages.
+    """
+
+    def __init__(self, data: Dataset, budget_bytes: int = 512 << 20):
+        self.data = data
+        self.X = [np.load(s.X, mmap_mode="r") for s in data.shards]
+        self.y = [np.load(s.y, mmap_mode="r").reshape(-1) for s in data.shards]
+        size = data.num_examples * (data.num_features + 1) * data.dtype.itemsize
+        self.release_each_read = size > budget_bytes
+        if self.release_each_read:  # no fault-around: map only the pages the rows are on
+            for mm in self._maps(range(len(self.X))):
+                mm.madvise(mmap.MADV_RANDOM)
+
+    def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order.
+
+        Indices are sorted so each shard is read front to back, then the rows
+        are put back in the requested order.
+        """
+        idx = np.asarray(idx, np.int64)
+        order = np.argsort(idx, kind="stable")
+        sidx = idx[order]
+        offsets = self.data.offsets
+        bounds = np.searchsorted(sidx, offsets)
+        X = np.empty((idx.size, self.data.num_features), self.data.dtype)
+        y = np.empty((idx.size, 1), self.data.dtype)
+        for s in range(len(self.data.shards)):
+            lo, hi = bounds[s], bounds[s + 1]
+            if hi > lo:
+                local = sidx[lo:hi] - offsets[s]
+                X[order[lo:hi]] = self.X[s][local]
+                y[order[lo:hi], 0] = self.y[s][local]
+                if self.release_each_read:
+                    self.release([s])
+        return X, y
+
+    def _maps(self, shards):
+        for s in shards:
+            for a in (self.X[s], self.y[s]):
+                mm = getattr(a, "_mmap", None) or getattr(a.base, "_mmap", None)
+                if mm is not None:
+                    yield mm
+
+    def release(self, shards=None) -> None:
+        """Drop the mapped pages of ``shards`` (default all) from this process."""
+        for mm in self._maps(range(len(self.X)) if shards is None else shards):
+            mm.madvise(mmap.MADV_DONTNEED)  # the page cache keeps them
+
+
+def read_rows(data: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order."""
+    return ShardReader(data).read(idx)
+
+
+@functools.partial(jax.jit, static_argnames=("size", "n"))
+def _positions_to_indices(key, start, *, size, n):
+    """``permutation(key, n)[start : start + size]`` without the rest of it."""
+    return permute_indices(key, start + jnp.arange(size, dtype=jnp.int32), n)
+
+
+def epoch_blocks(
+    data: Dataset, key: jax.Array | None, epoch: int, batch_size: int, block_batches: int
+) -> Iterator[np.ndarray]:
+    """An epoch's example indices, one block at a time: ``(k, batch_size)`` or ``(1, rest)``.
+
+    The concatenation of all blocks is ``permutation(fold_in(key, epoch), n)``
+    (``arange(n)`` when ``key`` is None): ``fit``'s order, a block at a time.
+    The last full-batch block may hold fewer batches; the seed's smaller last
+    batch (``n % batch_size``) comes last, alone.
+    """
+    n = data.num_examples
+    full, rest = divmod(n, batch_size)
+    ekey = None if key is None else epoch_key(key, epoch)
+
+    def indices(start, size):
+        if ekey is None:
+            return np.arange(start, start + size, dtype=np.int64)
+        return np.asarray(_positions_to_indices(ekey, start, size=size, n=n))
+
+    for first in range(0, full, block_batches):
+        k = min(block_batches, full - first)
+        yield indices(first * batch_size, k * batch_size).reshape(k, batch_size)
+    if rest:
+        yield indices(full * batch_size, rest).reshape(1, rest)
+
+
+def _prefetch(make: Iterator, depth: int) -> Iterator:
+    """Run ``make`` in a background thread, ``depth`` items ahead (double buffering: 1)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer left early
+
+    def worker():
+        try:
+            for item in make:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(err)
+
+    thread = threading.Thread(target=worker, daemon=True, name="jaxlin-prefetch")
+    thread.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@jax.jit
+def _scan_block(params, X, y, lr, clip):
+    """Minibatch SGD over a block: ``X: (k, B, d)``, ``y: (k, B, 1)``; ``(params, (k,) losses)``."""
+    return jax.lax.scan(lambda p, xy: _step(p, *xy, lr, clip), params, (X, y))
+
+
+def fit_stream(
+    params: Params,
+    data: str | os.PathLike | Dataset,
+    val: tuple | None = None,
+    *,
+    lr: float = 0.03,
+    max_epochs: int = 3,
+    batch_size: int = 32,
+    key: jax.Array | None = None,
+    shuffle: bool = True,
+    gradient_clip_val: float = 0.0,
+    block_batches: int | None = None,
+    prefetch: int = 2,
+    callback: Callable[[EpochEnd], None] | None = None,
+) -> tuple[Params, History]:
+    """``jaxlin.fit`` on a folder of shards, streamed: the same batches, the same result.
+
+    Args:
+      params, val, lr, max_epochs, batch_size, key, shuffle, gradient_clip_val,
+        callback: as in ``jaxlin.fit`` (``val`` is an in-memory ``(X, y)``).
+      data: a folder (checked with ``open_dataset`` before any training) or a
+        ``Dataset``.
+      block_batches: minibatches per block read from disk (default: about
+        65,536 examples per block).
+      prefetch: blocks read ahead by the background thread (>= 1).
+
+    Returns:
+      ``(params, history)`` as ``fit``.
+
+    Example:
+      >>> generate_shards(jax.random.key(0), "data", 100_000, shards=4)
+      >>> params, hist = fit_stream(init_params(jax.random.key(1), 2), "data",
+      ...                           key=jax.random.key(2))
+    """
+    if not isinstance(data, Dataset):
+        data = open_dataset(data)
+    num_inputs = checks.params(params)
+    if num_inputs != data.num_features:
+        raise ValueError(
+            f"{data.root}: {data.num_features} features but params['w'] expects {num_inputs}"
+        )
+    if val is not None:
+        val = checks.dataset("val", val, num_inputs)
+    lr = checks.finite_float("lr", lr, positive=True)
+    max_epochs = checks.positive_int("max_epochs", max_epochs)
+    batch_size = checks.positive_int("batch_size", batch_size)
+    if batch_size > data.num_examples:
+        raise ValueError(f"batch_size must be <= the number of examples ({data.num_examples})")
+    clip = checks.finite_float("gradient_clip_val", gradient_clip_val, nonnegative=True)
+    if block_batches is None:
+        block_batches = max(1, (1 << 16) // batch_size)
+    block_batches = checks.positive_int("block_batches", block_batches)
+    prefetch = checks.positive_int("prefetch", prefetch)
+    if shuffle:
+        if key is None:
+            raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
+        key = checks.key("key", key)
+    else:
+        key = None
+    params = jax.tree.map(lambda p: jnp.asarray(p, data.dtype), params)
+    lr_a, clip_a = jnp.asarray(lr, data.dtype), jnp.asarray(clip, data.dtype)
+
+    reader = ShardReader(data)
+
+    def blocks(epoch):
+        for idx in epoch_blocks(data, key, epoch, batch_size, block_batches):
+            X, y = reader.read(idx.reshape(-1))
+            k, b = idx.shape
+            yield jax.device_put((X.reshape(k, b, -1), y.reshape(k, b, 1)))
+
+    losses, val_losses = [], []
+    for epoch in range(max_epochs):
+        epoch_losses = []
+        for Xb, yb in _prefetch(blocks(epoch), prefetch):
+            params, block_losses = _scan_block(params, Xb, yb, lr_a, clip_a)
+            epoch_losses.append(block_losses)
+        losses.append(np.asarray(jnp.concatenate(epoch_losses))[None])
+        val_losses.append(np.float64(loss_fn(params, *val)) if val is not None else np.nan)
+        _check_finite(params, losses[-1], epoch, lr)
+        if callback is not None:
+            val_now = None if val is None else float(val_losses[-1])
+            callback(EpochEnd(epoch, params, losses[-1][0], val_now))
+    history = History(np.concatenate(losses), None if val is None else np.asarray(val_losses))
+    return params, history

@@ -1,0 +1,195 @@
+"""Shards on disk: deterministic files, checks that name the file, streaming equals fit."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxlin
+from jaxlin import stream
+
+
+def load_all(ds):
+    X = np.concatenate([np.load(s.X) for s in ds.shards])
+    y = np.concatenate([np.load(s.y) for s in ds.shards])
+    return X, y
+
+
+@pytest.fixture
+def shards(tmp_path, key):
+    """1003 rows, d = 3, in 3 shards (334 + 334 + 335), generated 100 rows at a time."""
+    return stream.generate_shards(key, tmp_path / "ds", 1003, d=3, shards=3, chunk=100)
+
+
+def test_generate_is_deterministic_and_independent_of_shard_count(tmp_path, key, shards):
+    again = stream.generate_shards(key, tmp_path / "again", 1003, d=3, shards=3, chunk=100)
+    one = stream.generate_shards(key, tmp_path / "one", 1003, d=3, shards=1, chunk=100)
+    for a, b in zip(shards.shards, again.shards, strict=True):
+        assert a.X.read_bytes() == b.X.read_bytes() and a.y.read_bytes() == b.y.read_bytes()
+    X, y = load_all(shards)
+    np.testing.assert_array_equal(X, np.load(one.shards[0].X))
+    assert [s.num_examples for s in shards.shards] == [335, 334, 334]
+    # the labels follow the manifest's truth: least squares recovers it
+    m = json.loads((shards.root / "manifest.json").read_text())
+    coef = np.linalg.lstsq(np.c_[X, np.ones(len(X))], y, rcond=None)[0]
+    np.testing.assert_allclose(coef, [*m["w"], m["b"]], atol=5e-3)
+    assert m["dtype"] == "float32" and m["num_examples"] == 1003 and m["num_features"] == 3
+    other = stream.generate_shards(jax.random.key(1), tmp_path / "other", 1003, d=3, chunk=100)
+    assert not np.array_equal(np.load(other.shards[0].X), X)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "block_batches", "shuffle"),
+    [(32, 5, True), (32, 1000, True), (50, 3, True), (64, 2, False)],
+)
+def test_fit_stream_equals_fit_on_the_same_data(shards, key, batch_size, block_batches, shuffle):
+    """Blocks, sorted reads and prefetch keep fit's batch order: the same result, bit for bit."""
+    X, y = load_all(shards)
+    p0 = jaxlin.init_params(key, 3)
+    kw = dict(lr=0.05, max_epochs=3, batch_size=batch_size, key=key, shuffle=shuffle)
+    val = (X[:100], y[:100])
+    ref, h_ref = jaxlin.fit(p0, (X, y), val, **kw)
+    got, h = stream.fit_stream(p0, shards.root, val, block_batches=block_batches, **kw)
+    np.testing.assert_array_equal(h.train_loss, h_ref.train_loss)
+    np.testing.assert_allclose(h.val_loss, h_ref.val_loss, rtol=1e-6)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+    error = lambda p: np.abs(np.asarray(p["w"]).ravel() - shards.w).max()  # noqa: E731
+    assert error(got) < 0.2 * error(p0)  # and it learned
+
+
+def test_every_example_read_exactly_once_per_epoch(tmp_path, key):
+    """Rows whose first feature is their own index: count what the reader returns."""
+    n, d = 1001, 2
+    root = tmp_path / "ids"
+    root.mkdir()
+    rows = np.arange(n, dtype=np.float32)
+    entries, start = [], 0
+    for i, c in enumerate([400, 1, 600]):
+        X = np.stack([rows[start : start + c], -rows[start : start + c]], axis=1)
+        np.save(root / f"X{i}.npy", X)
+        np.save(root / f"y{i}.npy", rows[start : start + c, None])  # (rows, 1) is accepted
+        entries.append({"X": f"X{i}.npy", "y": f"y{i}.npy", "num_examples": c})
+        start += c
+    manifest = {"num_examples": n, "num_features": d, "dtype": "float32", "shards": entries}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    ds = stream.open_dataset(root)
+    orders = []
+    for epoch in range(2):
+        seen = []
+        for idx in stream.epoch_blocks(ds, key, epoch, 32, 7):
+            X, y = stream.read_rows(ds, idx.reshape(-1))
+            np.testing.assert_array_equal(X[:, 0], idx.reshape(-1))  # rows come back in order
+            np.testing.assert_array_equal(X[:, 1], -X[:, 0])
+            np.testing.assert_array_equal(y[:, 0], X[:, 0])
+            seen.append(X[:, 0].astype(np.int64))
+        seen = np.concatenate(seen)
+        np.testing.assert_array_equal(np.bincount(seen, minlength=n), np.ones(n))
+        np.testing.assert_array_equal(
+            seen, np.asarray(jaxlin.permutation(jax.random.fold_in(key, epoch), n))
+        )
+        orders.append(seen)
+    assert not np.array_equal(orders[0], orders[1])  # a new shuffle each epoch
+
+
+def _corrupt(ds, how):
+    """Break the dataset one way; returns the file name the error must name."""
+    root = ds.root
+    manifest = json.loads((root / "manifest.json").read_text())
+    x1, y1 = ds.shards[1].X, ds.shards[1].y
+    if how == "truncated":
+        x1.write_bytes(x1.read_bytes()[:-7])
+        return x1.name
+    if how == "garbage":
+        x1.write_bytes(b"not a numpy file at all" * 10)
+        return x1.name
+    if how == "dtype":
+        np.save(y1, np.load(y1).astype(np.float64))
+        return y1.name
+    if how == "width":
+        np.save(x1, np.load(x1)[:, :2])
+        return x1.name
+    if how == "lengths":
+        np.save(y1, np.load(y1)[:-1])
+        return y1.name
+    if how == "missing":
+        y1.unlink()
+        return y1.name
+    if how == "count":
+        manifest["shards"][1]["num_examples"] += 1
+    elif how == "total":
+        manifest["num_examples"] += 5
+    elif how == "malformed":
+        del manifest["shards"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return x1.name if how == "count" else "manifest.json"
+
+
+@pytest.mark.parametrize(
+    "how", ["truncated", "garbage", "dtype", "width", "lengths", "missing", "count", "total",
+            "malformed"],
+)  # fmt: skip
+def test_bad_shards_are_named_before_training(shards, key, how):
+    name = _corrupt(shards, how)
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        stream.open_dataset(shards.root)
+    called = []
+    with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+        stream.fit_stream(jaxlin.init_params(key, 3), shards.root, key=key, callback=called.append)
+    assert not called
+
+
+def test_no_manifest_and_wrong_width(tmp_path, key, shards):
+    with pytest.raises(ValueError, match="no manifest"):
+        stream.open_dataset(tmp_path)
+    with pytest.raises(ValueError, match="3 features but params"):
+        stream.fit_stream(jaxlin.init_params(key, 2), shards.root, key=key)
+
+
+def test_reader_error_in_the_background_reaches_the_caller(shards, key):
+    ds = stream.open_dataset(shards.root)
+    ds.shards[2].X.unlink()  # checked, then gone: the prefetch thread fails mid-epoch
+    with pytest.raises(FileNotFoundError):
+        stream.fit_stream(jaxlin.init_params(key, 3), ds, key=key, block_batches=2)
+
+
+def test_same_key_same_result_and_keys_matter(shards, key):
+    p0 = jaxlin.init_params(key, 3)
+    a, _ = stream.fit_stream(p0, shards.root, key=key, max_epochs=1, block_batches=4)
+    b, _ = stream.fit_stream(p0, shards.root, key=key, max_epochs=1, block_batches=9)
+    c, _ = stream.fit_stream(p0, shards.root, key=jax.random.key(5), max_epochs=1)
+    np.testing.assert_array_equal(a["w"], b["w"])
+    assert not np.array_equal(a["w"], c["w"])
+
+
+def test_cli_generate_then_train_from_disk(tmp_path, capsys):
+    from jaxlin.cli import main
+
+    out, js = tmp_path / "d", tmp_path / "r.json"
+    assert main(["generate", "--out", str(out), "--num-examples", "600", "--shards", "2"]) == 0
+    assert (
+        main(
+            ["train", "--data", str(out), "--no-cache", "--json", str(js), "--quiet", "--lr", "0.2"]
+        )
+        == 0
+    )
+    record = json.loads(js.read_text())
+    assert len(record["train_loss"]) == 3 * 19 and record["num_examples"] == 600  # 600/32 -> 19
+    np.testing.assert_allclose(record["w"], [2.0, -3.4], atol=0.02)
+    np.testing.assert_allclose(record["w_error"], np.array([2.0, -3.4]) - record["w"], atol=1e-5)
+    (out / "X-00001.npy").write_bytes(b"\x93NUMPY")
+    assert main(["train", "--data", str(out), "--no-cache"]) == 2
+    assert "X-00001.npy" in capsys.readouterr().err
+
+
+def test_reader_releasing_pages_reads_the_same_rows(shards, key):
+    idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:500]
+    kept = stream.ShardReader(shards)
+    released = stream.ShardReader(shards, budget_bytes=0)
+    assert not kept.release_each_read and released.release_each_read
+    for _ in range(2):  # read again after the pages were handed back
+        for a, b in zip(kept.read(idx), released.read(idx), strict=True):
+            np.testing.assert_array_equal(a, b)
+    X, _ = load_all(shards)
+    np.testing.assert_array_equal(released.read(idx)[0], X[idx])
