@@ -115,8 +115,10 @@ def _scan_epoch(params, X, y, order, lr, clip, batch_size: int, constrain=None):
             Xb, yb = constrain(Xb), constrain(yb)
         return _step(p, Xb, yb, lr, clip)
 
-    if d <= PREGATHER_MAX_FEATURES:
-        params, losses = jax.lax.scan(lambda p, batch: step(p, *batch), params, take(full))
+    if d <= PREGATHER_MAX_FEATURES:  # one flat gather, then batches: (k, B, d)
+        Xs, ys = take(full.reshape(-1))
+        batches = (Xs.reshape(*full.shape, d), ys.reshape(*full.shape, 1))
+        params, losses = jax.lax.scan(lambda p, batch: step(p, *batch), params, batches)
     else:
         params, losses = jax.lax.scan(lambda p, idx: step(p, *take(idx)), params, full)
     if rest.shape[0]:  # the seed's smaller last batch: a real step of its own

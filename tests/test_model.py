@@ -18,6 +18,17 @@ def test_init_params_shapes_and_scale(key):
     np.testing.assert_array_equal(params["w"], jaxlin.init_params(key, 500, sigma=0.5)["w"])
 
 
+@pytest.mark.parametrize("d", [1, 2, jaxlin.model.NARROW, jaxlin.model.NARROW + 1, 100])
+def test_linreg_matches_numpy_on_both_paths(d, key):
+    """Narrow X takes the fused multiply-sum, wide X the matmul: both are X @ w + b."""
+    kx, kw = jax.random.split(key)
+    X = jax.random.normal(kx, (50, d))
+    params = jaxlin.init_params(kw, d, sigma=1.0)
+    params["b"] = jnp.array([0.25])
+    expected = np.asarray(X, np.float64) @ np.asarray(params["w"], np.float64) + 0.25
+    np.testing.assert_allclose(jaxlin.linreg(params, X), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_linreg_is_xw_plus_b(key):
     X = jax.random.normal(key, (7, 3))
     params = {"w": jnp.array([[1.0], [2.0], [-1.0]]), "b": jnp.array([0.5])}
