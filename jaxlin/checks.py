@@ -95,7 +95,7 @@ def dataset(name: str, pair, num_inputs: int | None = None) -> tuple[jax.Array, 
         )
     if num_inputs is not None and X.shape[1] != num_inputs:
         raise ValueError(f"{name} X has {X.shape[1]} features but params['w'] expects {num_inputs}")
-    return X, y.reshape(-1, 1)
+    return X, (y if y.ndim == 2 else y.reshape(-1, 1))  # no op (no dispatch) when (n, 1)
 
 
 def params(value) -> int:
