@@ -34,7 +34,8 @@ class Splits(NamedTuple):
 
 def _true_params(w, b) -> tuple[jax.Array, jax.Array]:
     """Checks and converts the true ``w`` (1-D, d >= 1) and scalar ``b``."""
-    w = checks.float_array("w", np.asarray(w, dtype=np.float32), ndim=(1,))
+    # JAX's default float: float32, or float64 when the user enabled x64 mode.
+    w = checks.float_array("w", np.asarray(w, dtype=jnp.result_type(float)), ndim=(1,))
     b = checks.finite_float("b", b) if np.ndim(b) == 0 else None
     if b is None:
         raise ValueError("b must be a scalar")

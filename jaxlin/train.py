@@ -207,6 +207,12 @@ def fit(
     X, y = checks.dataset("train", train, num_inputs)
     if val is not None:
         val = checks.dataset("val", val, num_inputs)
+    checks.same_dtype(
+        ("train X", X),
+        ("params['w']", params["w"]),
+        ("params['b']", params["b"]),
+        ("val X", None if val is None else val[0]),
+    )
     lr = checks.finite_float("lr", lr, positive=True)
     max_epochs = checks.positive_int("max_epochs", max_epochs)
     if isinstance(start_epoch, bool) or not isinstance(start_epoch, int):
