@@ -90,12 +90,14 @@ def _all_finite(value) -> bool:
     return bool(jnp.isfinite(value).all())
 
 
-def dataset(name: str, pair, num_inputs: int | None = None) -> tuple[jax.Array, jax.Array]:
+def dataset(
+    name: str, pair, num_inputs: int | None = None, *, finite: bool = True
+) -> tuple[jax.Array, jax.Array]:
     """An ``(X, y)`` pair as ``X: (n, d)`` and ``y: (n, 1)``, shapes checked."""
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"{name} must be an (X, y) pair, got {type(pair).__name__}")
-    X = float_array(f"{name} X", pair[0], ndim=(2,))
-    y = float_array(f"{name} y", pair[1], ndim=(1, 2))
+    X = float_array(f"{name} X", pair[0], ndim=(2,), finite=finite)
+    y = float_array(f"{name} y", pair[1], ndim=(1, 2), finite=finite)
     if y.dtype != X.dtype:
         raise TypeError(f"{name} y has dtype {y.dtype} but {name} X has {X.dtype}; they must match")
     if y.ndim == 2 and y.shape[1] != 1:

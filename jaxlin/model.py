@@ -33,6 +33,9 @@ def init_params(key: jax.Array, num_inputs: int, sigma: float = 0.01) -> Params:
 
 def linreg(params: Params, X: ArrayLike) -> jax.Array:
     """The forward pass ``X @ w + b``: ``(n, d) -> (n, 1)``."""
+    d = checks.params(params)
+    if jnp.ndim(X) != 2 or jnp.shape(X)[1] != d:
+        raise ValueError(f"X must have shape (n, {d}) to match params['w'], got {jnp.shape(X)}")
     return jnp.matmul(X, params["w"]) + params["b"][None, :]  # (n, 1) + (1, 1)
 
 
@@ -58,5 +61,11 @@ def loss_fn(params: Params, X: ArrayLike, y: ArrayLike) -> jax.Array:
 
 def estimation_error(params: Params, w: ArrayLike, b: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """``(true w - learned w, true b - learned b)``, the seed's last cell; shapes ``(d,), ()``."""
+    d = checks.params(params)
     w = jnp.asarray(w).reshape(-1)
+    if w.shape != (d,) or jnp.ndim(b) > 1 or jnp.size(b) != 1:
+        raise ValueError(
+            f"w and b must have shapes ({d},) and () to match params, got {jnp.shape(w)} "
+            f"and {jnp.shape(b)}"
+        )
     return w - params["w"].reshape(w.shape), jnp.asarray(b) - params["b"][0]

@@ -73,7 +73,13 @@ def train_step(
 
     ``lr`` and ``gradient_clip_val`` are traced, so changing them does not
     recompile; a new batch shape (the smaller last batch) compiles once more.
+    Shapes and dtypes are checked (on the host, no device sync); values are not.
     """
+    X, y = checks.dataset("batch", (X, y), checks.params(params), finite=False)
+    checks.same_dtype(("batch X", X), ("params['w']", params["w"]))
+    for name, value in (("lr", lr), ("gradient_clip_val", gradient_clip_val)):
+        if jnp.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
     return _jitted_step(params, X, y, lr, gradient_clip_val)
 
 
