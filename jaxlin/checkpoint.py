@@ -263,18 +263,23 @@ def fit_with_checkpoints(
                 f"params['w'] has {params['w'].shape}"
             )
         params, start, history = state.params, state.epoch, state.history
+        if start > max_epochs:
+            raise ValueError(
+                f"max_epochs must be >= the {start} epochs the checkpoint has done, "
+                f"got {max_epochs}"
+            )
     else:
-        if not os.access(directory if directory.exists() else directory.parent, os.W_OK):
-            raise ValueError(f"checkpoint_dir {directory}: folder is not writable")
+        existing = directory
+        while not existing.exists():  # the first folder that exists must be writable
+            existing = existing.parent
+        if not os.access(existing, os.W_OK):
+            raise ValueError(f"checkpoint_dir {directory}: folder {existing} is not writable")
         start = 0
         losses = np.zeros((0, 0), np.asarray(X).dtype)
         history = History(losses, None if val is None else np.zeros((0,), losses.dtype))
 
-    if start >= max_epochs:  # already done: the saved result is the result
-        return params, History(
-            history.train_loss[:max_epochs],
-            None if history.val_loss is None else history.val_loss[:max_epochs],
-        )
+    if start == max_epochs:  # already done: the saved result is the result
+        return params, history
 
     done = [history]
 

@@ -113,6 +113,11 @@ API = [
      r"checkpoint_dir .*test_bad_input.py: exists and is not a folder"),
     ("checkpoint start_epoch", lambda t: _fit_ckpt(t, start_epoch=1), TypeError,
      r"start_epoch is set from the checkpoint"),
+    ("resume, fewer epochs", lambda t: (_fit_ckpt(t, max_epochs=2),
+                                        _fit_ckpt(t, max_epochs=1, resume=True)), ValueError,
+     r"max_epochs must be >= the 2 epochs the checkpoint has done, got 1"),
+    ("checkpoint_dir unwritable", lambda t: _fit_ckpt(t, checkpoint_dir=Path("/proc/1/x/y")),
+     ValueError, r"checkpoint_dir /proc/1/x/y: folder /proc/1 is not writable"),
     ("resume='yes'", lambda t: _fit_ckpt(t, resume="yes"), TypeError,
      r"resume must be True or False, got 'yes'"),
     # the scikit-learn estimator

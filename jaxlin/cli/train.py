@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from jaxlin.cli.common import add_jax_flags, check_output, configure_jax, floats
+from jaxlin.cli.common import DEFAULT_CACHE, add_jax_flags, check_output, configure_jax, floats
 
 CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
 
@@ -87,10 +87,10 @@ def resume_command(args) -> str:
     words = ["jaxlin", "train", f"--w={','.join(repr(v) for v in args.w)}", f"--b={args.b!r}"]
     for flag in (
         "noise", "num_train", "num_val", "batch_size", "lr", "epochs", "seed", "clip", "sigma",
-        "engine", "checkpoint_dir", "json", "plot", "device",
+        "engine", "checkpoint_dir", "json", "plot", "device", "cache_dir",
     ):  # fmt: skip
         value = getattr(args, flag)
-        if value is not None:
+        if value is not None and not (flag == "cache_dir" and value == DEFAULT_CACHE):
             words.append(f"--{flag.replace('_', '-')}={value}")
     words += [f"--{f.replace('_', '-')}" for f in ("x64", "quiet", "no_cache") if getattr(args, f)]
     return shlex.join([*words, "--resume"])
