@@ -1,5 +1,11 @@
 """jaxlin: the lecture's linear regression by minibatch SGD, as pure JAX functions."""
 
+from jaxlin.checkpoint import (
+    Checkpoint,
+    fit_with_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from jaxlin.data import SEED_B, SEED_W, Splits, minibatches, synthetic_data, synthetic_splits
 from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
 from jaxlin.optim import clip_by_global_norm, global_norm, sgd
@@ -10,7 +16,28 @@ from jaxlin.train import ENGINES, EpochEnd, History, TrainingDiverged, fit, run_
 
 __version__ = "0.1.0"
 
-__all__ = [
+
+def __getattr__(name: str):
+    """``jaxlin.SGDLinearRegression``, imported on first use: scikit-learn is optional."""
+    if name == "SGDLinearRegression":
+        try:
+            from jaxlin.sklearn import SGDLinearRegression
+        except ModuleNotFoundError as err:
+            if (err.name or "").partition(".")[0] != "sklearn":
+                raise
+            raise ImportError(
+                'jaxlin.SGDLinearRegression needs scikit-learn: pip install "jaxlin[sklearn]"'
+            ) from err
+        return SGDLinearRegression
+    raise AttributeError(f"module 'jaxlin' has no attribute {name!r}")
+
+
+__all__ = [  # noqa: RUF022 (SGDLinearRegression is lazy: scikit-learn is optional)
+    "SGDLinearRegression",
+    "Checkpoint",
+    "fit_with_checkpoints",
+    "load_checkpoint",
+    "save_checkpoint",
     "ENGINES",
     "SEED_B",
     "SEED_W",

@@ -26,6 +26,15 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def nonnegative_int(name: str, value) -> int:
+    """``value`` as an int ``>= 0``; bools and floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return int(value)
+
+
 def finite_float(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> float:
     """``value`` as a finite Python float, optionally ``> 0`` or ``>= 0``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -81,12 +90,16 @@ def _all_finite(value) -> bool:
     return bool(jnp.isfinite(value).all())
 
 
-def dataset(name: str, pair, num_inputs: int | None = None) -> tuple[jax.Array, jax.Array]:
+def dataset(
+    name: str, pair, num_inputs: int | None = None, *, finite: bool = True
+) -> tuple[jax.Array, jax.Array]:
     """An ``(X, y)`` pair as ``X: (n, d)`` and ``y: (n, 1)``, shapes checked."""
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         raise TypeError(f"{name} must be an (X, y) pair, got {type(pair).__name__}")
-    X = float_array(f"{name} X", pair[0], ndim=(2,))
-    y = float_array(f"{name} y", pair[1], ndim=(1, 2))
+    X = float_array(f"{name} X", pair[0], ndim=(2,), finite=finite)
+    y = float_array(f"{name} y", pair[1], ndim=(1, 2), finite=finite)
+    if y.dtype != X.dtype:
+        raise TypeError(f"{name} y has dtype {y.dtype} but {name} X has {X.dtype}; they must match")
     if y.ndim == 2 and y.shape[1] != 1:
         raise ValueError(f"{name} y must have shape (n,) or (n, 1), got {tuple(y.shape)}")
     if y.shape[0] != X.shape[0]:
@@ -96,6 +109,23 @@ def dataset(name: str, pair, num_inputs: int | None = None) -> tuple[jax.Array, 
     if num_inputs is not None and X.shape[1] != num_inputs:
         raise ValueError(f"{name} X has {X.shape[1]} features but params['w'] expects {num_inputs}")
     return X, (y if y.ndim == 2 else y.reshape(-1, 1))  # no op (no dispatch) when (n, 1)
+
+
+def same_dtype(*named) -> None:
+    """Refuse arrays of different float dtypes, e.g. float32 params with float64 data.
+
+    ``named`` are ``(name, array or None)`` pairs; ``None`` is skipped.
+
+    Mixed precision would promote inside the step (and a ``lax.scan`` carry
+    cannot change dtype), so it is an error up front, with both names.
+    """
+    (first, a), *rest = named
+    for name, b in rest:
+        if b is not None and b.dtype != a.dtype:
+            raise TypeError(
+                f"{name} has dtype {b.dtype} but {first} has {a.dtype}; use one float dtype "
+                "(float64 needs jax.config.update('jax_enable_x64', True))"
+            )
 
 
 def params(value) -> int:

@@ -34,10 +34,14 @@ class Splits(NamedTuple):
 
 def _true_params(w, b) -> tuple[jax.Array, jax.Array]:
     """Checks and converts the true ``w`` (1-D, d >= 1) and scalar ``b``."""
-    w = checks.float_array("w", np.asarray(w, dtype=np.float32), ndim=(1,))
-    b = checks.finite_float("b", b) if np.ndim(b) == 0 else None
-    if b is None:
-        raise ValueError("b must be a scalar")
+    try:  # JAX's default float: float32, or float64 when the user enabled x64 mode.
+        w_host = np.asarray(w, dtype=jnp.result_type(float))
+    except (TypeError, ValueError):
+        raise TypeError(f"w must be a 1-D sequence of numbers, got {w!r:.60}") from None
+    w = checks.float_array("w", w_host, ndim=(1,))
+    if np.ndim(b) != 0:
+        raise ValueError(f"b must be a scalar, got shape {np.shape(b)}")
+    b = checks.finite_float("b", b.item() if hasattr(b, "item") else b)
     return w, jnp.asarray(b, w.dtype)
 
 
@@ -104,6 +108,9 @@ def minibatches(
     """
     if not hasattr(X, "shape") or len(X.shape) != 2:
         raise ValueError(f"X must be 2-D (n, d), got {getattr(X, 'shape', type(X).__name__)}")
+    X = checks.float_array("X", X, ndim=(2,), finite=False)  # dtype; NaN is fit's to refuse
+    if hasattr(y, "shape"):
+        y = checks.float_array("y", y, ndim=(1, 2), finite=False)
     if not hasattr(y, "shape") or len(y.shape) not in (1, 2) or y.shape[0] != X.shape[0]:
         raise ValueError(
             f"y must have shape (n,) or (n, 1) with n = {X.shape[0]} (X's rows), "

@@ -43,6 +43,9 @@ def linreg(params: Params, X: ArrayLike) -> jax.Array:
     ``(32, 2) @ (2, 1)`` product costs more than the product (2.5x faster
     epochs on a CPU at ``n = 1e5``).
     """
+    d = checks.params(params)
+    if jnp.ndim(X) != 2 or jnp.shape(X)[1] != d:
+        raise ValueError(f"X must have shape (n, {d}) to match params['w'], got {jnp.shape(X)}")
     X = jnp.asarray(X)
     if X.shape[-1] <= NARROW:
         return jnp.sum(X * params["w"].T, axis=-1, keepdims=True) + params["b"][None, :]
@@ -71,5 +74,11 @@ def loss_fn(params: Params, X: ArrayLike, y: ArrayLike) -> jax.Array:
 
 def estimation_error(params: Params, w: ArrayLike, b: ArrayLike) -> tuple[jax.Array, jax.Array]:
     """``(true w - learned w, true b - learned b)``, the seed's last cell; shapes ``(d,), ()``."""
+    d = checks.params(params)
     w = jnp.asarray(w).reshape(-1)
+    if w.shape != (d,) or jnp.ndim(b) > 1 or jnp.size(b) != 1:
+        raise ValueError(
+            f"w and b must have shapes ({d},) and () to match params, got {jnp.shape(w)} "
+            f"and {jnp.shape(b)}"
+        )
     return w - params["w"].reshape(w.shape), jnp.asarray(b) - params["b"][0]

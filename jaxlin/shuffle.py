@@ -16,6 +16,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from jaxlin import checks
+
 NUM_ROUNDS = 6  # Feistel rounds (even); each is one keyed hash per index.
 SMALL_ROUNDS = 16  # tiny domains (Z_2 x Z_4, say) mix slowly: more rounds, still cheap.
 SMALL_N = 64
@@ -107,6 +109,9 @@ def permute_indices(key: jax.Array, positions: jax.Array, n: int) -> jax.Array:
     """
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n < 2**31:
         raise ValueError(f"n must be an int in [1, 2**31), got {n!r}")
+    key = checks.key("key", key)
+    if not jnp.issubdtype(jnp.asarray(positions).dtype, jnp.integer):
+        raise TypeError(f"positions must be integers, got dtype {jnp.asarray(positions).dtype}")
     a, b = _domain(n)
     round_keys = _round_keys(key, n)
     x = _feistel(jnp.asarray(positions).astype(jnp.uint32), round_keys, a, b)
@@ -146,7 +151,7 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
     need cycle-walking are found by inverting the network on ``[n, a * b)``
     instead of re-hashing all ``n`` entries in a loop.
     """
-    return padded_permutation(key, n)[:n]
+    return padded_permutation(checks.key("key", key), n)[:n]
 
 
 def epoch_key(key: jax.Array, epoch) -> jax.Array:

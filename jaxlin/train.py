@@ -84,7 +84,13 @@ def train_step(
     ``lr`` and ``gradient_clip_val`` are traced, so changing them does not
     recompile (``None``, no clipping, is a separate program); a new batch shape
     (the smaller last batch) compiles once more.
+    Shapes and dtypes are checked (on the host, no device sync); values are not.
     """
+    X, y = checks.dataset("batch", (X, y), checks.params(params), finite=False)
+    checks.same_dtype(("batch X", X), ("params['w']", params["w"]))
+    for name, value in (("lr", lr), ("gradient_clip_val", gradient_clip_val)):
+        if value is not None and jnp.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}")
     return _jitted_step(params, X, y, lr, gradient_clip_val)
 
 
@@ -270,6 +276,12 @@ def fit(
     X, y = checks.dataset("train", train, num_inputs)
     if val is not None:
         val = checks.dataset("val", val, num_inputs)
+    checks.same_dtype(
+        ("train X", X),
+        ("params['w']", params["w"]),
+        ("params['b']", params["b"]),
+        ("val X", None if val is None else val[0]),
+    )
     lr = checks.finite_float("lr", lr, positive=True)
     max_epochs = checks.positive_int("max_epochs", max_epochs)
     if isinstance(start_epoch, bool) or not isinstance(start_epoch, int):

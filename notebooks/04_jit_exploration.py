@@ -265,7 +265,7 @@ with jax.log_compiles():
     jaxlin.train_step(params0, X_odd, y_odd, lr_a)  # a new shape: logged
 jax.config.update("jax_explain_cache_misses", True)
 try:
-    jaxlin.train_step(params0, X_odd, y_odd.astype(jnp.float16), lr_a)  # a new dtype: explained
+    jaxlin.train_step(params0, X_odd, y_odd, lr_a.astype(jnp.bfloat16))  # a new dtype: explained
 finally:
     jax.config.update("jax_explain_cache_misses", False)
 

@@ -3,6 +3,9 @@
 import os
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Before scipy is imported: lets scikit-learn run its array-API estimator check
+# (test_sklearn.py) instead of skipping it.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import contextlib
 

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         COMMANDS[args.command].run(args)
+    except KeyboardInterrupt as err:  # Ctrl-C: a message, never a traceback
+        print(f"jaxlin: {err or 'interrupted'}", file=sys.stderr)
+        return 130
     except TrainingDiverged as err:
         print(f"jaxlin: {err}", file=sys.stderr)
         return 1

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import signal
+import threading
 import time
 from pathlib import Path
 
-from jaxlin.cli.common import add_jax_flags, check_output, configure_jax, floats
+from jaxlin.cli.common import DEFAULT_CACHE, add_jax_flags, check_output, configure_jax, floats
+
+CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
+
+# The flags that say which run a checkpoint belongs to (lr, batch size and clip are
+# added by fit_with_checkpoints; --epochs is not: a finished run can be extended).
+RUN_FIELDS = ("w", "b", "noise", "num_train", "num_val", "seed", "sigma", "engine", "x64")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C honoured at the end of an epoch; the message says how to resume."""
 
 
 def add_parser(sub) -> None:
@@ -35,22 +49,72 @@ def add_parser(sub) -> None:
     t.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.add_argument("--data", type=Path, default=None, help="train from shards on disk (streamed)")
+    t.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="write a checkpoint here after every epoch (and on Ctrl-C)",
+    )
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run saved in --checkpoint-dir"
+    )
+    t.add_argument("--x64", action="store_true", help="train in float64 (JAX's x64 mode)")
     add_jax_flags(t)
+
+
+def check_checkpoint_flags(args) -> None:
+    """``--checkpoint-dir`` / ``--resume`` refused before any work when they cannot work."""
+    folder = args.checkpoint_dir
+    if args.resume and folder is None:
+        raise ValueError("--resume needs --checkpoint-dir DIR (the folder of the checkpoint)")
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--checkpoint-dir {folder}: exists and is not a folder")
+    if args.resume and not (folder / CHECKPOINT_FILE).is_file():
+        raise FileNotFoundError(
+            f"--checkpoint-dir {folder}: no {CHECKPOINT_FILE} to resume from "
+            "(run without --resume to start)"
+        )
+    parent = folder
+    while not parent.exists():  # the first folder that exists must be writable
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--checkpoint-dir {folder}: folder {parent} is not writable")
+
+
+def resume_command(args) -> str:
+    """The command line that resumes this run from its checkpoint."""
+    words = ["jaxlin", "train", f"--w={','.join(repr(v) for v in args.w)}", f"--b={args.b!r}"]
+    for flag in (
+        "noise", "num_train", "num_val", "batch_size", "lr", "epochs", "seed", "clip", "sigma",
+        "engine", "checkpoint_dir", "json", "plot", "device", "cache_dir",
+    ):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None and not (flag == "cache_dir" and value == DEFAULT_CACHE):
+            words.append(f"--{flag.replace('_', '-')}={value}")
+    words += [f"--{f.replace('_', '-')}" for f in ("x64", "quiet", "no_cache") if getattr(args, f)]
+    return shlex.join([*words, "--resume"])
 
 
 def run(args) -> dict:
     """Data, init, fit, report; returns the JSON record."""
     for flag, path in (("--plot", args.plot), ("--json", args.json)):
         check_output(flag, path)
+    check_checkpoint_flags(args)
+    import jax
+
+    if args.x64:  # before any array is made
+        jax.config.update("jax_enable_x64", True)
     configure_jax(args)
     if args.data is not None:  # shards on disk: jaxlin/cli/train_data.py
         from jaxlin.cli import train_data
 
         return train_data.run(args)
-    import jax
     import numpy as np
 
     import jaxlin
+    from jaxlin.checkpoint import fit_with_checkpoints
 
     key_data, key_init, key_shuffle = jax.random.split(jax.random.key(args.seed), 3)
     data = jaxlin.synthetic_splits(
@@ -59,23 +123,58 @@ def run(args) -> dict:
     params = jaxlin.init_params(key_init, len(args.w), sigma=args.sigma)
     start = time.perf_counter()
 
-    def progress(end: jaxlin.EpochEnd) -> None:
-        line = f"epoch {end.epoch + 1}/{args.epochs}  train loss {end.train_loss.mean():.6f}"
-        line += f"  val loss {end.val_loss:.6f}" if end.val_loss is not None else ""
-        print(f"{line}  ({time.perf_counter() - start:.2f} s)", flush=True)
+    stop = []  # set by Ctrl-C: finish the epoch, save, stop
 
-    params, history = jaxlin.fit(
-        params,
-        data.train,
-        data.val,
+    def on_sigint(signum, frame) -> None:
+        del signum, frame
+        stop.append(True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # twice: stop at once
+
+    def progress(end: jaxlin.EpochEnd) -> None:
+        if not args.quiet:
+            line = f"epoch {end.epoch + 1}/{args.epochs}  train loss {end.train_loss.mean():.6f}"
+            line += f"  val loss {end.val_loss:.6f}" if end.val_loss is not None else ""
+            print(f"{line}  ({time.perf_counter() - start:.2f} s)", flush=True)
+        if stop and end.epoch + 1 < args.epochs:  # after the last epoch: just finish
+            raise Interrupted(interrupted_message(args, end.epoch + 1))
+
+    kwargs = dict(
         lr=args.lr,
         max_epochs=args.epochs,
         batch_size=args.batch_size,
         key=key_shuffle,
         gradient_clip_val=args.clip,
         engine=args.engine,
-        callback=None if args.quiet else progress,
     )
+    # Without a per-epoch callback the scan engine runs every epoch in one call
+    # (fastest); then Ctrl-C is Python's own KeyboardInterrupt, handled by main.
+    per_epoch = not args.quiet or args.checkpoint_dir is not None
+    per_epoch = per_epoch and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if per_epoch else None
+    try:
+        if args.checkpoint_dir is not None:
+            run_config = {k: getattr(args, k) for k in RUN_FIELDS}
+            params, history = fit_with_checkpoints(
+                params,
+                data.train,
+                data.val,
+                checkpoint_dir=args.checkpoint_dir,
+                resume=args.resume,
+                config=run_config,
+                callback=progress,
+                **kwargs,
+            )
+        else:
+            params, history = jaxlin.fit(
+                params,
+                data.train,
+                data.val,
+                callback=progress if per_epoch or not args.quiet else None,
+                **kwargs,
+            )
+    finally:
+        if per_epoch:
+            signal.signal(signal.SIGINT, previous)
     w_err, b_err = jaxlin.estimation_error(params, data.w, data.b)
     w, b = np.asarray(params["w"]).ravel(), float(params["b"][0])
     print(f"learned w: {np.array2string(w, precision=4)}  b: {b:.4f}")
@@ -100,3 +199,12 @@ def run(args) -> dict:
 
         save_history_plot(history, args.plot, title=f"lr={args.lr}, batch={args.batch_size}")
     return record
+
+
+def interrupted_message(args, epochs_done: int) -> str:
+    """What Ctrl-C prints: where the checkpoint is and the command that resumes it."""
+    text = f"interrupted after epoch {epochs_done}/{args.epochs}"
+    if args.checkpoint_dir is None:
+        return f"{text}; no checkpoint written (pass --checkpoint-dir DIR to be able to resume)"
+    where = args.checkpoint_dir / CHECKPOINT_FILE
+    return f"{text}; checkpoint written to {where}\nresume with: {resume_command(args)}"

@@ -1,0 +1,124 @@
+"""A scikit-learn estimator around ``jaxlin.fit``: pipelines, cross-validation, grid search.
+
+``SGDLinearRegression`` is the lecture's model trained by jaxlin's compiled
+engine (``fit(..., engine="scan")``: the whole run is one XLA call), with
+scikit-learn's input handling (``validate_data``) in front: lists, integer and
+object arrays, read-only and non-contiguous arrays are converted; NaN, Inf,
+empty and mis-shaped input is refused with scikit-learn's own messages.
+
+scikit-learn is an optional extra (``pip install "jaxlin[sklearn]"``); this
+module is imported only on first use of ``jaxlin.SGDLinearRegression`` (or
+``from jaxlin.sklearn import SGDLinearRegression``).
+
+Example:
+  >>> from sklearn.model_selection import cross_val_score
+  >>> from jaxlin import SGDLinearRegression
+  >>> scores = cross_val_score(SGDLinearRegression(max_epochs=20), X, y, cv=5)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from jaxlin import checks
+from jaxlin.model import init_params
+from jaxlin.train import fit
+
+
+class SGDLinearRegression(RegressorMixin, BaseEstimator):
+    """Linear regression by minibatch SGD on the squared loss (jaxlin's compiled engine).
+
+    Args:
+      lr: learning rate, > 0.
+      max_epochs: passes over the training data.
+      batch_size: examples per step; clipped to the number of samples, so
+        tiny data sets (one sample included) still fit.
+      gradient_clip_val: clip gradients to this global norm when > 0.
+      shuffle: shuffle the examples every epoch (keyed by ``random_state``).
+      sigma: std of the initial weights.
+      standardize: train on features scaled to mean 0 and std 1 (``coef_``
+        and ``intercept_`` are mapped back to the original units). Plain SGD
+        with a fixed ``lr`` diverges when features are large (the step must be
+        below 2 / the largest eigenvalue of ``X^T X / n``); standardizing
+        makes one ``lr`` work for any scale. ``False`` trains on ``X`` as given.
+      random_state: int seed (reproducible), ``None`` (a fresh seed per fit)
+        or a ``numpy.random.RandomState``; the seed becomes a
+        ``jax.random.key`` for the initial weights and the shuffles.
+
+    Attributes (after ``fit``):
+      coef_: ``(n_features,)`` learned weights.
+      intercept_: the learned bias (a float).
+      n_features_in_, feature_names_in_: as in scikit-learn.
+      history_: the ``jaxlin.History`` of the run.
+      n_iter_: epochs run.
+
+    Data are trained in JAX's default float dtype: float32, or float64 when
+    x64 mode is on (``jax.config.update("jax_enable_x64", True)``).
+    """
+
+    def __init__(
+        self,
+        lr: float = 0.03,
+        max_epochs: int = 50,
+        batch_size: int = 32,
+        gradient_clip_val: float = 0.0,
+        shuffle: bool = True,
+        sigma: float = 0.01,
+        standardize: bool = True,
+        random_state=None,
+    ):
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.gradient_clip_val = gradient_clip_val
+        self.shuffle = shuffle
+        self.sigma = sigma
+        self.standardize = standardize
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        """Train on ``X: (n_samples, n_features)``, ``y: (n_samples,)``; returns ``self``."""
+        lr = checks.finite_float("lr", self.lr, positive=True)
+        max_epochs = checks.positive_int("max_epochs", self.max_epochs)
+        batch_size = checks.positive_int("batch_size", self.batch_size)
+        clip = checks.finite_float("gradient_clip_val", self.gradient_clip_val, nonnegative=True)
+        sigma = checks.finite_float("sigma", self.sigma, nonnegative=True)
+        for name in ("shuffle", "standardize"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        dtype = jnp.result_type(float)  # float32, or float64 in x64 mode
+        seed = int(check_random_state(self.random_state).randint(2**31 - 1))
+        key_init, key_shuffle = jax.random.split(jax.random.key(seed))
+        params = init_params(key_init, X.shape[1], sigma=sigma)
+        mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        if self.standardize:
+            mean, std = X.mean(axis=0), X.std(axis=0)
+            scale = np.where(std > 0, std, 1.0)  # a constant feature stays as it is
+        Xj, yj = jnp.asarray((X - mean) / scale, dtype), jnp.asarray(y, dtype)
+        params, self.history_ = fit(
+            params,
+            (Xj, yj),
+            lr=lr,
+            max_epochs=max_epochs,
+            batch_size=min(batch_size, X.shape[0]),
+            key=key_shuffle,
+            shuffle=self.shuffle,
+            gradient_clip_val=clip,
+        )
+        w = np.asarray(params["w"], np.float64).ravel() / scale  # back to X's units
+        self.coef_ = w
+        self.intercept_ = float(params["b"][0]) - float(mean @ w)
+        self.n_iter_ = max_epochs
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """``X @ coef_ + intercept_`` for ``X: (n_samples, n_features)``: ``(n_samples,)``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return np.asarray(X, np.float64) @ self.coef_ + self.intercept_

@@ -1,0 +1,133 @@
+"""The command line under interruption: checkpoints, resume, Ctrl-C, and x64."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxlin.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--num-train", "64", "--num-val", "16", "--batch-size", "16", "--no-cache"]
+RESULT = ("w", "b", "train_loss", "val_loss", "w_error", "b_error")
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _same_result(a: Path, b: Path) -> None:
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    for field in RESULT:
+        assert ra[field] == rb[field], field  # JSON floats: repr round-trips, so bit for bit
+
+
+@pytest.mark.parametrize("engine", ["scan", "step"])
+def test_resume_after_a_stopped_run_gives_the_same_json(tmp_path, engine, monkeypatch):
+    flags = [*SMALL, "--epochs", "4", "--engine", engine, "--quiet"]
+    assert main(["train", *flags, "--json", str(tmp_path / "full.json")]) == 0
+    ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")]
+    # Stop the checkpointed run after epoch 2 (what Ctrl-C does, without a signal).
+    assert main(["train", *flags[:-3], "--epochs", "2", "--engine", engine, *ckpt]) == 0
+    assert main(["train", *flags, *ckpt, "--resume", "--json", str(tmp_path / "resumed.json")]) == 0
+    _same_result(tmp_path / "full.json", tmp_path / "resumed.json")
+
+
+def test_resume_with_other_flags_names_the_fields(tmp_path, capsys):
+    ckpt = ["--checkpoint-dir", str(tmp_path)]
+    assert main(["train", *SMALL, "--epochs", "1", "--quiet", *ckpt]) == 0
+    capsys.readouterr()
+    assert main(["train", *SMALL, "--epochs", "2", "--seed", "3", "--lr", "0.1", *ckpt, "--resume"])
+    err = capsys.readouterr().err
+    assert "differing fields: lr: saved 0.03, requested 0.1, seed: saved 0, requested 3" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_ctrl_c_checkpoints_prints_the_resume_command_and_resume_matches(tmp_path):
+    """SIGINT mid-run: exit 130, no traceback, and resuming gives the uninterrupted JSON."""
+    flags = ["--num-train", "400", "--num-val", "100", "--batch-size", "8", "--epochs", "6"]
+    flags += ["--engine", "step", "--no-cache", "--lr", "0.001"]
+    ckpt = tmp_path / "ckpt"
+    cmd = [sys.executable, "-m", "jaxlin", "train", *flags, "--checkpoint-dir", str(ckpt)]
+    cmd += ["--json", str(tmp_path / "resumed.json")]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=tmp_path
+    )
+    first = proc.stdout.readline()
+    assert first.startswith("epoch 1/6"), first + proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert f"checkpoint written to {ckpt / 'checkpoint.npz'}" in err
+    resume = err.split("resume with: ")[1].strip()
+    assert resume.endswith("--resume") and "--epochs=6" in resume
+    done = int(err.split("interrupted after epoch ")[1].split("/")[0])
+    assert 1 <= done < 6 and out.count("epoch ") == done - 1  # the first line was read above
+
+    args = resume.split()[2:]  # the printed command, run as python -m jaxlin train ...
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxlin", "train", *args],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"epoch {done + 1}/6")
+    full = tmp_path / "full.json"
+    assert main(["train", *flags, "--quiet", "--json", str(full)]) == 0
+    _same_result(full, tmp_path / "resumed.json")
+
+
+def test_x64_trains_in_float64_and_matches_least_squares(tmp_path):
+    """``--x64`` and the API in x64 mode: float64 end to end, lstsq to 1e-8 (a fresh process)."""
+    code = """
+import json, sys
+import jax
+jax.config.update("jax_enable_x64", True)
+import numpy as np
+import jaxlin
+from jaxlin.cli import main
+
+kd, ki, ks = jax.random.split(jax.random.key(0), 3)
+s = jaxlin.synthetic_splits(kd, [1.5, -0.5, 2.0], 0.3, num_train=200, noise=0.1)
+assert s.train[0].dtype == np.float64
+params = jaxlin.init_params(ki, 3)
+assert params["w"].dtype == np.float64
+params, hist = jaxlin.fit(params, s.train, lr=0.1, max_epochs=300, batch_size=200, shuffle=False)
+assert params["w"].dtype == np.float64 and hist.train_loss.dtype == np.float64
+X, y = (np.asarray(a) for a in s.train)
+A = np.hstack([X, np.ones((len(X), 1))])
+sol = np.linalg.lstsq(A, y, rcond=None)[0].ravel()
+got = np.concatenate([np.asarray(params["w"]).ravel(), np.asarray(params["b"])])
+err = np.abs(got - sol).max()
+assert err < 1e-8, err
+rc = main(["train", "--x64", "--quiet", "--no-cache", "--epochs", "20", "--json", sys.argv[1]])
+assert rc == 0
+print("ok", err)
+"""
+    out = tmp_path / "x64.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["config"]["x64"] is True
+    assert max(abs(e) for e in record["w_error"]) < 1e-3
+    losses = np.asarray(record["train_loss"])
+    assert (losses != losses.astype(np.float32)).any()  # values a float32 run cannot produce
