@@ -52,7 +52,8 @@ def test_fit_stream_equals_fit_on_the_same_data(shards, key, batch_size, block_b
     ref, h_ref = jaxlin.fit(p0, (X, y), val, **kw)
     got, h = stream.fit_stream(p0, shards.root, val, block_batches=block_batches, **kw)
     np.testing.assert_array_equal(h.train_loss, h_ref.train_loss)
-    np.testing.assert_allclose(h.val_loss, h_ref.val_loss, rtol=1e-6)
+    # the val loss is a float32 mean taken by two different programs: rounding only
+    np.testing.assert_allclose(h.val_loss, h_ref.val_loss, rtol=1e-5)
     for k in ref:
         np.testing.assert_array_equal(got[k], ref[k])
     error = lambda p: np.abs(np.asarray(p["w"]).ravel() - shards.w).max()  # noqa: E731
