@@ -193,7 +193,11 @@ def default_problem(repeats: int) -> list[dict]:
     data, params, key = problem(1000, 2)
     kwargs = dict(lr=0.03, batch_size=32, epochs=3)
     impls = implementations(data, params, key, **kwargs)
-    finals = {name: fn() for name, fn in impls.items()}
+    finals, firsts = {}, {}  # the first call of each: its compile (nothing ran before it)
+    for name, fn in impls.items():
+        start = time.perf_counter()
+        finals[name] = fn()
+        firsts[name] = time.perf_counter() - start
     ref_w, ref_b = finals["jaxlin step (jit, Python loop)"]
     for name, (w, b) in finals.items():
         gap = max(np.abs(w - ref_w).max(), np.abs(b - ref_b).max())
@@ -203,6 +207,7 @@ def default_problem(repeats: int) -> list[dict]:
     for name, fn in impls.items():
         slow = name.startswith(("torch", "jaxlin eager", "jaxlin step", "optax"))
         t = timeit(fn, max(3, repeats // 4) if slow else repeats)
+        t["first_s"] = firsts[name]
         w, b = finals[name]
         rows.append(
             {
@@ -261,6 +266,35 @@ def loop_time(n, d, batch_size, epochs, engine, repeats) -> dict:
     t = timeit(fn, repeats)
     t["samples_per_s"] = n * epochs / t["median_s"]
     return t
+
+
+def compile_times(quick: bool) -> list[dict]:
+    """Compile time of each compiled engine (lower + compile, no cache), growing n at d = 2."""
+    rows = []
+    for n in (1000, 100_000) if quick else (1000, 100_000, 1_000_000, 10_000_000):
+        data, params, key = problem(n, 2)
+        args = (params, *data.train, data.val, key, 0, jnp.float32(0.03), None)
+        for affine in (False, True):
+            static = dict(batch_size=32, shuffle=True, num_epochs=3, affine=affine)
+            jax.clear_caches()
+            start = time.perf_counter()
+            lowered = compiled.lower(*args, **static)
+            traced = time.perf_counter() - start
+            lowered.compile()
+            rows.append(
+                {
+                    "n": n,
+                    "engine": "affine" if affine else "scan",
+                    "trace_s": traced,
+                    "compile_s": time.perf_counter() - start - traced,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"  n={n:>10,} {r['engine']:6}: trace {r['trace_s']:.3f} s,"
+                f" compile {r['compile_s']:.3f} s"
+            )
+    return rows
 
 
 def scaling(quick: bool, repeats: int, gbps: float) -> list[dict]:
@@ -423,6 +457,9 @@ def main() -> None:
         )
     print("  every implementation ended within 1e-5 of the step engine's parameters")
 
+    print("\ncompile time of the compiled engines (3 epochs, batch 32; no persistent cache):")
+    compiles = compile_times(args.quick)
+
     print("\nscaling (compiled engines: the jitted program alone; step and torch: the whole loop):")
     scale = scaling(args.quick, max(3, args.repeats // 4), gbps)
 
@@ -434,6 +471,7 @@ def main() -> None:
         "env": env,
         "bandwidth_gbps": gbps,
         "default_problem": rows,
+        "compile": compiles,
         "scaling": scale,
         "processes": procs,
     }
