@@ -1,7 +1,7 @@
 """A scikit-learn estimator around ``jaxlin.fit``: pipelines, cross-validation, grid search.
 
 ``SGDLinearRegression`` is the lecture's model trained by jaxlin's compiled
-engine (``fit(..., engine="scan")``: the whole run is one XLA call), with
+engine (``fit(..., engine="scan")``: one compiled XLA call per epoch), with
 scikit-learn's input handling (``validate_data``) in front: lists, integer and
 object arrays, read-only and non-contiguous arrays are converted; NaN, Inf,
 empty and mis-shaped input is refused with scikit-learn's own messages.

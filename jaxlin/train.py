@@ -260,7 +260,7 @@ def fit(
         ``"eager"`` (no jit). All give the same batches and result.
       callback: called after each epoch with an ``EpochEnd`` (progress,
         checkpoints): one host read per epoch, never per step. Without it the
-        scan engine runs all epochs in one call.
+        epochs' calls are queued back to back and read once at the end.
       start_epoch: the first epoch to run (to resume): epochs ``start_epoch ..
         max_epochs - 1`` are run, with the same shuffles as in a full run.
 
@@ -315,31 +315,33 @@ def fit(
     lr_a = jnp.asarray(lr, X.dtype)
     clip_a = jnp.asarray(clip, X.dtype) if clip > 0 else None  # None: no clipping code
     if engine in ("scan", "affine"):
-        chunk = 1 if callback is not None else max_epochs
         static["affine"] = engine == "affine"
 
-        def run(params, epoch, count):
-            return _scan_epochs(
-                params, X, y, val, key, epoch, lr_a, clip_a, num_epochs=count, **static
-            )
+        def run(params, epoch):
+            return _scan_epochs(params, X, y, val, key, epoch, lr_a, clip_a, num_epochs=1, **static)
 
     else:
         step = _jitted_step if engine == "step" else _step
 
-        def run(params, epoch, count):
-            del count  # always 1
+        def run(params, epoch):
             return _loop_epoch(params, X, y, val, key, epoch, lr_a, clip_a, step=step, **static)
 
-        chunk = 1
-
-    losses, val_losses = [], []  # host copies: read once per chunk for the divergence check
-    for first in range(start_epoch, max_epochs, chunk):
-        params, (loss, val_loss) = run(params, first, min(chunk, max_epochs - first))
-        losses.append(np.asarray(loss))
-        val_losses.append(np.asarray(val_loss))
-        _check_finite(params, losses[-1], first, lr)
+    # One compiled call per epoch, whatever the callback: the same program runs
+    # every epoch, so a run resumed at epoch k is the uninterrupted run bit for
+    # bit (a whole-run program fuses differently). Calls are queued without a
+    # host read unless a callback wants each epoch's numbers.
+    losses, val_losses = [], []
+    for epoch in range(start_epoch, max_epochs):
+        params, (loss, val_loss) = run(params, epoch)
+        losses.append(loss)
+        val_losses.append(val_loss)
         if callback is not None:
+            losses[-1], val_losses[-1] = np.asarray(loss), np.asarray(val_loss)
+            _check_finite(params, losses[-1], epoch, lr)
             val_now = None if val is None else float(val_losses[-1][0])
-            callback(EpochEnd(first, params, losses[-1][0], val_now))
-    history = History(np.concatenate(losses), None if val is None else np.concatenate(val_losses))
+            callback(EpochEnd(epoch, params, losses[-1][0], val_now))
+    train_loss = np.concatenate([np.asarray(a) for a in losses])  # one host read, at the end
+    _check_finite(params, train_loss, start_epoch, lr)
+    val_loss = None if val is None else np.concatenate([np.asarray(a) for a in val_losses])
+    history = History(train_loss, val_loss)
     return params, history
