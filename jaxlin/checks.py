@@ -35,6 +35,16 @@ def nonnegative_int(name: str, value) -> int:
     return int(value)
 
 
+def batch_size(value, num_examples: int) -> int:
+    """``value`` as an int in ``[1, num_examples]``: a batch cannot exceed the data."""
+    value = positive_int("batch_size", value)
+    if value > num_examples:
+        raise ValueError(
+            f"batch_size must be <= the number of training examples ({num_examples}), got {value}"
+        )
+    return value
+
+
 def finite_float(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> float:
     """``value`` as a finite Python float, optionally ``> 0`` or ``>= 0``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -172,9 +172,7 @@ def fit_data_parallel(
         val = checks.dataset("val", val, num_inputs)
     lr = checks.finite_float("lr", lr, positive=True)
     max_epochs = checks.positive_int("max_epochs", max_epochs)
-    batch_size = checks.positive_int("batch_size", batch_size)
-    if batch_size > X.shape[0]:
-        raise ValueError(f"batch_size must be <= the number of training examples ({X.shape[0]})")
+    batch_size = checks.batch_size(batch_size, X.shape[0])
     if batch_size % num_devices:
         raise ValueError(
             f"batch_size={batch_size} does not split over {num_devices} devices; use a "

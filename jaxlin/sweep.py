@@ -224,12 +224,7 @@ def sweep(
     seeds = _check_seeds(seeds)
     key = checks.key("key", key)
     max_epochs = checks.positive_int("max_epochs", max_epochs)
-    batch_size = checks.positive_int("batch_size", batch_size)
-    if batch_size > X.shape[0]:
-        raise ValueError(
-            f"batch_size must be <= the number of training examples ({X.shape[0]}), "
-            f"got {batch_size}"
-        )
+    batch_size = checks.batch_size(batch_size, X.shape[0])
     sigma = checks.finite_float("sigma", sigma, nonnegative=True)
     clip = checks.finite_float("gradient_clip_val", gradient_clip_val, nonnegative=True)
     for name, flag in (("shuffle", shuffle), ("per_step", per_step)):

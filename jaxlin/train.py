@@ -288,12 +288,7 @@ def fit(
         raise TypeError(f"start_epoch must be an int, got {start_epoch!r}")
     if not 0 <= start_epoch < max_epochs:
         raise ValueError(f"start_epoch must be in [0, max_epochs={max_epochs}), got {start_epoch}")
-    batch_size = checks.positive_int("batch_size", batch_size)
-    if batch_size > X.shape[0]:
-        raise ValueError(
-            f"batch_size must be <= the number of training examples ({X.shape[0]}), "
-            f"got {batch_size}"
-        )
+    batch_size = checks.batch_size(batch_size, X.shape[0])
     clip = checks.finite_float("gradient_clip_val", gradient_clip_val, nonnegative=True)
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
