@@ -37,6 +37,7 @@ import jaxlin
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
+from machine import cpu_name  # noqa: E402 (benchmarks/machine.py, beside this script)
 
 try:
     import torch
@@ -47,17 +48,6 @@ except ImportError:  # the bench extra is not installed: skip the reference rows
 compiled = jax.jit(
     jaxlin.run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "affine")
 )
-
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timeit(fn, repeats: int) -> dict:

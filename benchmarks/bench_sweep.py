@@ -21,29 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import jaxlin
 from jaxlin.train import _scan_epochs
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (1, 16, 256, 1024, 4096, 16384)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(f) -> float:
