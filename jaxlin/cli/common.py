@@ -22,6 +22,16 @@ def floats(text: str) -> list[float]:
     return values
 
 
+def add_problem_flags(parser: argparse.ArgumentParser) -> None:
+    """The lecture's synthetic problem: ``--w``, ``--b``, ``--noise``, ``--num-train``."""
+    parser.add_argument(
+        "--w", type=floats, default=[2.0, -3.4], help="true weights, comma-separated"
+    )
+    parser.add_argument("--b", type=float, default=4.2, help="true bias")
+    parser.add_argument("--noise", type=float, default=0.01, help="label noise std")
+    parser.add_argument("--num-train", type=int, default=1000, help="training examples")
+
+
 def add_jax_flags(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--cache-dir`` and ``--no-cache``."""
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None, help="JAX platform")

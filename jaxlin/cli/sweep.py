@@ -8,7 +8,7 @@ import math
 import time
 from pathlib import Path
 
-from jaxlin.cli.common import add_jax_flags, check_output, configure_jax, floats
+from jaxlin.cli.common import add_jax_flags, add_problem_flags, check_output, configure_jax, floats
 
 DEFAULT_LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
 
@@ -47,10 +47,7 @@ def add_parser(sub) -> None:
     )
     lrs.add_argument("--lr-range", type=lr_range, default=None, help="log-spaced LOW:HIGH:COUNT")
     s.add_argument("--seeds", type=int, default=8, help="seeds (inits and shuffles) per lr")
-    s.add_argument("--w", type=floats, default=[2.0, -3.4], help="true weights, comma-separated")
-    s.add_argument("--b", type=float, default=4.2, help="true bias")
-    s.add_argument("--noise", type=float, default=0.01, help="label noise std")
-    s.add_argument("--num-train", type=int, default=1000, help="training examples")
+    add_problem_flags(s)
     s.add_argument("--num-val", type=int, default=1000, help="validation examples (choose lr)")
     s.add_argument("--num-test", type=int, default=1000, help="test examples (report once)")
     s.add_argument("--batch-size", type=int, default=32, help="minibatch size")

@@ -11,7 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-from jaxlin.cli.common import DEFAULT_CACHE, add_jax_flags, check_output, configure_jax, floats
+from jaxlin.cli.common import (
+    DEFAULT_CACHE,
+    add_jax_flags,
+    add_problem_flags,
+    check_output,
+    configure_jax,
+)
 
 CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
 
@@ -33,10 +39,7 @@ def add_parser(sub) -> None:
         "Negative first values need '=': --w=-1,2.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    t.add_argument("--w", type=floats, default=[2.0, -3.4], help="true weights, comma-separated")
-    t.add_argument("--b", type=float, default=4.2, help="true bias")
-    t.add_argument("--noise", type=float, default=0.01, help="label noise std")
-    t.add_argument("--num-train", type=int, default=1000, help="training examples")
+    add_problem_flags(t)
     t.add_argument("--num-val", type=int, default=1000, help="validation examples")
     t.add_argument("--batch-size", type=int, default=32, help="minibatch size")
     t.add_argument("--lr", type=float, default=0.03, help="learning rate")
