@@ -63,6 +63,10 @@ def _round_fn(right: jax.Array, round_key: jax.Array, p: int) -> jax.Array:
 
 def _feistel(x: jax.Array, round_keys: jax.Array, a: int, b: int) -> jax.Array:
     """The keyed bijection on ``[0, a * b)`` (uint32 in, uint32 out)."""
+    # The barrier hides where ``x`` came from (often an iota): XLA 0.12's index
+    # simplifier otherwise folds the rounds into one index expression, in time
+    # exponential in the rounds when a or b is a power of two (n = 4 never compiled).
+    x = jax.lax.optimization_barrier(x)
     left, right = x // jnp.uint32(b), x % jnp.uint32(b)  # left in Z_a, right in Z_b
     p, q = a, b
     for r in range(round_keys.shape[0]):

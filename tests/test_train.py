@@ -252,3 +252,32 @@ def test_affine_engine_refuses_clipping(problem, key):
     s, params = problem
     with pytest.raises(ValueError, match="engine='affine' cannot clip gradients"):
         jaxlin.fit(params, s.train, key=key, engine="affine", gradient_clip_val=1.0)
+
+
+_POWER_OF_TWO_SIZES = """
+import jax, numpy as np, jaxlin
+for n in (4, 8, 16, 256):  # domains Z_2 x Z_2, Z_2 x Z_4, Z_4 x Z_4, Z_16 x Z_16
+    kd, kp, ks = jax.random.split(jax.random.key(n), 3)
+    X, y = jaxlin.synthetic_data(kd, np.ones(1, np.float32), 0.5, n)
+    p0 = jaxlin.init_params(kp, 1)
+    shuffled, _ = jaxlin.fit(p0, (X, y), lr=0.05, max_epochs=2, batch_size=n, key=ks)
+    ordered, _ = jaxlin.fit(p0, (X, y), lr=0.05, max_epochs=2, batch_size=n, shuffle=False)
+    for k in p0:  # one full batch per epoch: the order cannot matter
+        np.testing.assert_allclose(shuffled[k], ordered[k], rtol=1e-5, atol=1e-7)
+print("ok")
+"""
+
+
+def test_full_batch_shuffled_epochs_compile_for_power_of_two_sizes():
+    # Regression: on jax 0.12, XLA's index simplifier took time exponential in the
+    # Feistel rounds when the permutation fed one full-batch gather and n's domain
+    # factors were powers of two (n = 4 never finished compiling). In a subprocess
+    # so that a hang fails this test instead of stalling the suite.
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _POWER_OF_TWO_SIZES], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
