@@ -53,6 +53,37 @@ def test_each_configuration_is_its_own_fit(data, result, i, j):
     np.testing.assert_allclose(result.test_loss[i, j], test, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "d, lrs, seeds, options",
+    [
+        (2, [0.02, 0.3], [5, 9], dict(gradient_clip_val=0.5)),  # clipping, per configuration
+        (2, [0.02, 0.3], [5, 9], dict(shuffle=False)),  # in order: flat lanes, shared data
+        (2, [0.02, 0.3], [5, 9], dict(batch_size=50)),  # 50 divides 200: no partial batch
+        (2, [0.3], [5, 9, 4], {}),  # one lr: flat lanes of seeds
+        (2, [0.02, 0.3, 0.1], [9], {}),  # one seed: flat lanes of lrs
+        (20, [0.02, 0.3], [5, 9], {}),  # wider than model.NARROW
+    ],
+)
+def test_every_code_path_of_the_grid_is_fit(d, lrs, seeds, options):
+    s = jaxlin.synthetic_splits(
+        jax.random.key(d), jnp.linspace(-1, 1, d), num_train=200, num_val=50, num_test=50
+    )
+    key = jax.random.key(2)
+    result = jaxlin.sweep(s.train, s.val, s.test, lrs=lrs, seeds=seeds, key=key,
+                          max_epochs=2, per_step=True, **options)  # fmt: skip
+    assert result.val_loss.shape == (len(lrs), len(seeds), 2)
+    for i, j in {(0, 0), (len(lrs) - 1, len(seeds) - 1), (len(lrs) - 1, 0)}:
+        init_key, shuffle_key = jaxlin.config_keys(key, seeds[j])
+        params, hist = jaxlin.fit(jaxlin.init_params(init_key, d), s.train, s.val, lr=lrs[i],
+                                  max_epochs=2, key=shuffle_key, **options)  # fmt: skip
+        for k in params:
+            np.testing.assert_allclose(result.params[k][i, j], params[k], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(result.train_loss[i, j], hist.train_loss, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(result.val_loss[i, j], hist.val_loss, rtol=1e-6, atol=1e-6)
+        test = jaxlin.loss_fn(params, *s.test)
+        np.testing.assert_allclose(result.test_loss[i, j], test, rtol=1e-6, atol=1e-6)
+
+
 def test_epoch_means_are_the_step_means(data, result):
     short = jaxlin.sweep(data.train, data.val, lrs=LRS, seeds=[3, 11], key=jax.random.key(1),
                          max_epochs=2)  # fmt: skip

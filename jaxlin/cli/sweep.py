@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     s = sub.add_parser(
         "sweep",
         help="train a grid of learning rates x seeds at once; choose lr by validation loss",
-        description="Train one model per (lr, seed) in one compiled call (jax.vmap), choose "
+        description="Train one model per (lr, seed) in one compiled call, choose "
         "the lr with the least mean validation loss over seeds, and report its test loss.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
