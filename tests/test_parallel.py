@@ -132,3 +132,60 @@ def test_initialize_distributed_without_configuration_does_nothing(monkeypatch):
     monkeypatch.delenv("JAXLIN_NUM_PROCESSES", raising=False)
     with pytest.raises(ValueError, match="JAXLIN_NUM_PROCESSES"):
         parallel.initialize_distributed()
+
+
+def _jaxlin_train(*args, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxlin", "train", "--num-train", "203", "--num-val", "50",
+         "--no-cache", "--quiet", *args],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_cli_devices_splits_the_cpu_and_equals_one_device(tmp_path):
+    """``--device cpu --devices 4``: four host devices, the one-device result to 1e-5."""
+    four = _jaxlin_train("--device", "cpu", "--devices", "4", "--batch-size", "16",
+                         "--json", "four.json", tmp_path=tmp_path)  # fmt: skip
+    ref = _jaxlin_train("--batch-size", "16", "--json", "ref.json", tmp_path=tmp_path)
+    for proc in (four, ref):
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    got, want = (json.loads((tmp_path / f).read_text()) for f in ("four.json", "ref.json"))
+    assert got["devices"] == 4 and want["devices"] == 1
+    np.testing.assert_allclose(got["w"] + [got["b"]], want["w"] + [want["b"]], atol=1e-5)
+    np.testing.assert_allclose(got["train_loss"], want["train_loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_devices_batch_that_does_not_split_names_sizes_that_do(tmp_path):
+    proc = _jaxlin_train("--device", "cpu", "--devices", "3", tmp_path=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "batch_size=32 does not split over 3 devices" in proc.stderr and "30" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--devices", "2"], "--devices 2: only 1 cpu device(s) here; on a CPU, add --device cpu"),
+        (["--devices", "2", "--engine", "step"], "cannot be combined with --engine step"),
+        (
+            ["--devices", "all", "--checkpoint-dir", "ck"],
+            "cannot be combined with --checkpoint-dir",
+        ),
+    ],
+)
+def test_cli_devices_errors_are_one_line(args, message, capsys):
+    from jaxlin.cli import main
+
+    assert main(["train", "--num-train", "64", "--no-cache", *args]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_cli_devices_flag_must_be_a_positive_int_or_all(value, capsys):
+    from jaxlin.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--devices", value])
+    assert "expected a positive int or 'all'" in capsys.readouterr().err

@@ -62,7 +62,66 @@ def add_parser(sub) -> None:
         "--resume", action="store_true", help="continue the run saved in --checkpoint-dir"
     )
     t.add_argument("--x64", action="store_true", help="train in float64 (JAX's x64 mode)")
+    t.add_argument(
+        "--devices",
+        type=devices_flag,
+        default=None,
+        help="train data-parallel over N devices, or 'all' local devices (with --device cpu, "
+        "the CPU is split into N host devices)",
+    )
     add_jax_flags(t)
+
+
+def devices_flag(text: str):
+    """``--devices``: ``'all'`` or a positive int."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive int or 'all', got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'all', got {value}")
+    return value
+
+
+def check_devices_flag(args) -> None:
+    """``--devices`` refused before any work where data-parallel training cannot run."""
+    if args.devices is None:
+        return
+    for flag, value, ok in (
+        ("--engine", args.engine, args.engine == "scan"),
+        ("--checkpoint-dir", args.checkpoint_dir, args.checkpoint_dir is None),
+        ("--data", args.data, args.data is None),
+    ):
+        if not ok:
+            raise ValueError(
+                f"--devices {args.devices} runs the scan engine on in-memory data, without "
+                f"checkpoints; it cannot be combined with {flag} {value}"
+            )
+
+
+def data_parallel_mesh(args):
+    """The mesh of ``--devices``, or a one-line error that says how to get the devices."""
+    import jax
+
+    from jaxlin.parallel import data_mesh
+
+    available = jax.devices()
+    wanted = len(available) if args.devices == "all" else args.devices
+    if wanted > len(available):
+        hint = (
+            f"; on a CPU, add --device cpu to split it into {wanted} host devices"
+            if args.device is None and available[0].platform == "cpu"
+            else ""
+        )
+        raise ValueError(
+            f"--devices {wanted}: only {len(available)} {available[0].platform} "
+            f"device(s) here{hint}"
+        )
+    return data_mesh(wanted)
 
 
 def check_checkpoint_flags(args) -> None:
@@ -105,11 +164,15 @@ def run(args) -> dict:
     for flag, path in (("--plot", args.plot), ("--json", args.json)):
         check_output(flag, path)
     check_checkpoint_flags(args)
+    check_devices_flag(args)
     import jax
 
     if args.x64:  # before any array is made
         jax.config.update("jax_enable_x64", True)
     configure_jax(args)
+    if args.device == "cpu" and isinstance(args.devices, int) and args.devices > 1:
+        jax.config.update("jax_num_cpu_devices", args.devices)  # before the backend starts
+    mesh = None if args.devices is None else data_parallel_mesh(args)
     if args.data is not None:  # shards on disk: jaxlin/cli/train_data.py
         from jaxlin.cli import train_data
 
@@ -167,6 +230,20 @@ def run(args) -> dict:
                 callback=progress,
                 **kwargs,
             )
+        elif mesh is not None:
+            from jaxlin.parallel import fit_data_parallel
+
+            if not args.quiet:
+                print(f"data-parallel over {mesh.size} {mesh.devices.flat[0].platform} devices")
+            del kwargs["engine"]  # the scan engine, sharded
+            params, history = fit_data_parallel(
+                params,
+                data.train,
+                data.val,
+                mesh=mesh,
+                callback=progress if per_epoch or not args.quiet else None,
+                **kwargs,
+            )
         else:
             params, history = jaxlin.fit(
                 params,
@@ -194,6 +271,7 @@ def run(args) -> dict:
         "steps_per_epoch": int(history.train_loss.shape[1]),
         "jax_version": jax.__version__,
         "backend": jax.default_backend(),
+        "devices": 1 if mesh is None else mesh.size,
     }
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2))
