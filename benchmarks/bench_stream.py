@@ -3,7 +3,9 @@
 Each measurement runs in a fresh subprocess that reports its own peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, from the OS) and the time of
 its last epoch (steady state: compilation and the first, cold-cache epoch are
-excluded). The data is generated once with ``jaxlin generate`` into ``--dir``.
+excluded). Streaming runs twice: ``order="exact"`` (``fit``'s shuffle) and
+``order="runs"`` (``jaxlin.shuffle.permute_runs``). The data is generated once
+with ``jaxlin generate`` into ``--dir``.
 
     python benchmarks/bench_stream.py --num-examples 2000000 --d 100 --memory
     python benchmarks/bench_stream.py --num-examples 20000000 --d 100   # 8 GB, stream only
@@ -28,6 +30,7 @@ import jax, numpy as np
 import jaxlin
 from jaxlin import stream
 mode, root, batch, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+order = sys.argv[5] if len(sys.argv) > 5 else "exact"
 ds = stream.open_dataset(root)
 params = jaxlin.init_params(jax.random.key(1), ds.num_features)
 marks = [time.perf_counter()]
@@ -35,14 +38,15 @@ def tick(end):
     marks.append(time.perf_counter())
 kw = dict(lr=0.01, max_epochs=epochs, batch_size=batch, key=jax.random.key(2), callback=tick)
 if mode == "stream":
-    params, hist = stream.fit_stream(params, ds, **kw)
+    params, hist = stream.fit_stream(params, ds, order=order, **kw)
 else:
     X = np.concatenate([np.load(s.X) for s in ds.shards])
     y = np.concatenate([np.load(s.y) for s in ds.shards])
     marks[0] = time.perf_counter()
     params, hist = jaxlin.fit(params, (X, y), **kw)
 epoch_s = [b - a for a, b in zip(marks, marks[1:])]
-print(json.dumps(dict(mode=mode, epoch_s=epoch_s, last_loss=float(hist.train_loss[-1].mean()),
+name = mode if mode == "memory" else f"stream/{order}"
+print(json.dumps(dict(mode=name, epoch_s=epoch_s, last_loss=float(hist.train_loss[-1].mean()),
     examples_per_s=ds.num_examples / epoch_s[-1],
     peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 """
@@ -78,7 +82,8 @@ def main() -> None:
     size = sum(f.stat().st_size for f in a.dir.glob("*.npy"))
     print(gen.stdout.strip())
     runs = [json.loads(child("-c", CHILD, "stream", str(a.dir), str(a.batch_size),
-                             str(a.epochs)).stdout.splitlines()[-1])]  # fmt: skip
+                             str(a.epochs), order).stdout.splitlines()[-1])
+            for order in ("exact", "runs")]  # fmt: skip
     if a.memory:
         runs.append(json.loads(child("-c", CHILD, "memory", str(a.dir), str(a.batch_size),
                                      str(a.epochs)).stdout.splitlines()[-1]))  # fmt: skip
@@ -91,16 +96,18 @@ def main() -> None:
         jax_version=jax.__version__, backend="cpu", cpus=os.cpu_count(),
     )  # fmt: skip
     if a.memory:
-        result["stream_over_memory_throughput"] = (
-            runs[0]["examples_per_s"] / runs[1]["examples_per_s"]
-        )
+        for r in runs[:2]:
+            result[f"{r['mode']}_over_memory_throughput"] = (
+                r["examples_per_s"] / runs[-1]["examples_per_s"]
+            )
     print(f"data: {a.num_examples} x {a.d} float32 = {size / 2**30:.2f} GiB, generated in "
           f"{gen_s:.0f} s (peak RSS {result['generate_peak_rss_mib']:.0f} MiB)")  # fmt: skip
     for r in runs:
-        print(f"{r['mode']:>6}: {r['examples_per_s'] / 1e6:6.2f} M examples/s (last epoch "
+        print(f"{r['mode']:>12}: {r['examples_per_s'] / 1e6:6.2f} M examples/s (last epoch "
               f"{r['epoch_s'][-1]:.2f} s), peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
-    if a.memory:
-        print(f"stream / memory throughput: {result['stream_over_memory_throughput']:.2f}")
+    for r in runs[:2] if a.memory else []:
+        ratio = result[f"{r['mode']}_over_memory_throughput"]
+        print(f"{r['mode']} / memory throughput: {ratio:.2f}")
     results = json.loads(a.out.read_text()) if a.out.exists() else {}
     results[f"{a.num_examples}x{a.d}"] = result
     a.out.write_text(json.dumps(results, indent=2))

@@ -161,3 +161,58 @@ def permutation(key: jax.Array, n: int) -> jax.Array:
 def epoch_key(key: jax.Array, epoch) -> jax.Array:
     """The shuffling key of one epoch: ``fold_in(key, epoch)``, never ``key`` itself."""
     return jax.random.fold_in(key, epoch)
+
+
+@partial(jax.jit, static_argnames=("n", "run", "runs_per_block"))
+def permute_runs(
+    key: jax.Array, positions: jax.Array, n: int, run: int = 64, runs_per_block: int = 1024
+) -> jax.Array:
+    """A keyed permutation of ``range(n)`` that reads data in runs: for data on disk.
+
+    The index space is cut into runs of ``run`` consecutive examples, and the
+    runs are shuffled with the keyed network (``permute_indices`` over run
+    numbers). Consecutive groups of ``runs_per_block`` shuffled runs form
+    blocks; a block is read row by row *across* its runs (position ``i * G + g``
+    is row ``i`` of the block's run ``g``), so a minibatch of ``B <= G``
+    examples draws from ``B`` different runs, while a block's examples lie in
+    ``G`` contiguous stretches of the files: one page fault per page, not per
+    row. The last ``n % run`` examples are shuffled among themselves at the end.
+
+    Every example still comes exactly once per epoch and the same key gives
+    the same order, but it is not ``permutation(key, n)``: neighbours on disk
+    share a block (a stratified, coarser shuffle; ``fit``'s exact order is
+    ``permute_indices``).
+
+    Args:
+      key: a ``jax.random.key``.
+      positions: integer array of any shape, values in ``[0, n)``.
+      n, run, runs_per_block: static sizes, ``>= 1``.
+
+    Returns:
+      int32 array shaped like ``positions``: the example at each position.
+    """
+    for name, v in (("n", n), ("run", run), ("runs_per_block", runs_per_block)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**31:
+            raise ValueError(f"{name} must be an int in [1, 2**31), got {v!r}")
+    key = checks.key("key", key)
+    p = jnp.asarray(positions).astype(jnp.int32)
+    num_runs = n // run  # full runs; the tail [num_runs * run, n) is shuffled apart
+    tail_start = num_runs * run
+    run_key, tail_key = jax.random.split(key)
+    out = jnp.zeros_like(p)
+    if num_runs:
+        block_size = runs_per_block * run
+        block = p // block_size
+        full_blocks = num_runs // runs_per_block
+        height = jnp.where(block < full_blocks, runs_per_block, num_runs % runs_per_block)
+        within = p - block * block_size
+        g = within % jnp.maximum(height, 1)  # which run of the block
+        row = within // jnp.maximum(height, 1)  # which row of that run
+        which = jnp.clip(block * runs_per_block + g, 0, num_runs - 1)
+        out = permute_indices(run_key, which, num_runs) * run + row
+    if n > tail_start:
+        tail = tail_start + permute_indices(
+            tail_key, jnp.clip(p - tail_start, 0, n - tail_start - 1), n - tail_start
+        )
+        out = jnp.where(p >= tail_start, tail, out)
+    return out

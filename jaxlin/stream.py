@@ -48,7 +48,7 @@ import numpy as np
 from jaxlin import checks
 from jaxlin.data import SEED_B, SEED_W, synthetic_data
 from jaxlin.model import Params, loss_fn
-from jaxlin.shuffle import epoch_key, permute_indices
+from jaxlin.shuffle import epoch_key, permute_indices, permute_runs
 from jaxlin.train import EpochEnd, History, _check_finite, _step
 
 MANIFEST = "manifest.json"
@@ -264,20 +264,34 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
 class ShardReader:
     """Reads rows from a dataset's shards through memory maps kept open between reads.
 
+    A read is cut into pieces of at most ``piece_rows`` sorted rows of one shard,
+    copied by ``threads`` threads: numpy's fancy indexing releases the GIL, so
+    the page faults of a random read (one per row, the cost of reading from
+    the page cache through a mapping) are taken on every core at once.
+
     Pages of a file mapping count in the process's resident memory. While the
     dataset is at most ``budget_bytes`` they stay mapped (every page is read
-    from the page cache once); above it, ``read`` returns them to the kernel
-    after each call (``madvise(MADV_DONTNEED)``: they stay in the page cache,
-    but leave this process), so peak memory is one shard's share of a block's
+    from the page cache once); above it, each piece returns its own page range
+    to the kernel once copied (``madvise(MADV_DONTNEED)``: the pages stay in
+    the page cache, but leave this process), so peak memory is a few pieces'
     pages, and ``MADV_RANDOM`` stops the kernel mapping neighbouring pages.
     """
 
-    def __init__(self, data: Dataset, budget_bytes: int = 512 << 20):
+    def __init__(
+        self,
+        data: Dataset,
+        budget_bytes: int = 512 << 20,
+        threads: int | None = None,
+        piece_rows: int = 4096,
+    ):
         self.data = data
         self.X = [np.load(s.X, mmap_mode="r") for s in data.shards]
         self.y = [np.load(s.y, mmap_mode="r").reshape(-1) for s in data.shards]
         size = data.num_examples * (data.num_features + 1) * data.dtype.itemsize
         self.release_each_read = size > budget_bytes
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self.piece_rows = piece_rows
+        self._pool = None
         if self.release_each_read:  # no fault-around: map only the pages the rows are on
             for mm in self._maps(range(len(self.X))):
                 mm.madvise(mmap.MADV_RANDOM)
@@ -295,15 +309,41 @@ class ShardReader:
         bounds = np.searchsorted(sidx, offsets)
         X = np.empty((idx.size, self.data.num_features), self.data.dtype)
         y = np.empty((idx.size, 1), self.data.dtype)
-        for s in range(len(self.data.shards)):
-            lo, hi = bounds[s], bounds[s + 1]
-            if hi > lo:
-                local = sidx[lo:hi] - offsets[s]
-                X[order[lo:hi]] = self.X[s][local]
-                y[order[lo:hi], 0] = self.y[s][local]
-                if self.release_each_read:
-                    self.release([s])
+
+        def copy(piece):  # rows sidx[lo:hi], all in shard s; disjoint rows of X and y
+            s, lo, hi = piece
+            local = sidx[lo:hi] - offsets[s]
+            X[order[lo:hi]] = self.X[s][local]
+            y[order[lo:hi], 0] = self.y[s][local]
+            if self.release_each_read:
+                self._release_rows(s, local[0], local[-1])
+
+        pieces = [
+            (s, lo, min(lo + self.piece_rows, bounds[s + 1]))
+            for s in range(len(self.data.shards))
+            for lo in range(bounds[s], bounds[s + 1], self.piece_rows)
+        ]
+        if self.threads > 1 and len(pieces) > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="jaxlin-read")
+            list(self._pool.map(copy, pieces))  # list(): re-raises a piece's error here
+        else:
+            for piece in pieces:
+                copy(piece)
         return X, y
+
+    def _release_rows(self, s: int, first: int, last: int) -> None:
+        """Hand back the pages of shard ``s``'s rows ``first..last`` (X and y) to the kernel."""
+        for a, row_bytes in ((self.X[s], self.X[s].strides[0]), (self.y[s], self.y[s].strides[0])):
+            mm = getattr(a, "_mmap", None) or getattr(a.base, "_mmap", None)
+            if mm is None:
+                continue
+            base = a.offset % mmap.ALLOCATIONGRANULARITY  # numpy maps from a granule boundary
+            start, stop = base + first * row_bytes, base + (last + 1) * row_bytes
+            start -= start % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_DONTNEED, start, min(stop, len(mm)) - start)
 
     def _maps(self, shards):
         for s in shards:
@@ -317,27 +357,49 @@ class ShardReader:
         for mm in self._maps(range(len(self.X)) if shards is None else shards):
             mm.madvise(mmap.MADV_DONTNEED)  # the page cache keeps them
 
+    def close(self) -> None:
+        """Stop the copying threads (reads after this run on the calling thread)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self.threads = 1
+
 
 def read_rows(data: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order."""
-    return ShardReader(data).read(idx)
+    return ShardReader(data, threads=1).read(idx)
 
 
-@functools.partial(jax.jit, static_argnames=("size", "n"))
-def _positions_to_indices(key, start, *, size, n):
-    """``permutation(key, n)[start : start + size]`` without the rest of it."""
-    return permute_indices(key, start + jnp.arange(size, dtype=jnp.int32), n)
+ORDERS = ("exact", "runs")  # fit's permutation, or permute_runs (reads in runs)
+RUN_LENGTH = 64  # examples per run of the "runs" order
+RUNS_PER_BLOCK = 1024  # its blocks: 65,536 examples
+
+
+@functools.partial(jax.jit, static_argnames=("size", "n", "order"))
+def _positions_to_indices(key, start, *, size, n, order="exact"):
+    """``order(key, n)[start : start + size]`` without the rest of it."""
+    positions = start + jnp.arange(size, dtype=jnp.int32)
+    if order == "runs":
+        return permute_runs(key, positions, n, RUN_LENGTH, RUNS_PER_BLOCK)
+    return permute_indices(key, positions, n)
 
 
 def epoch_blocks(
-    data: Dataset, key: jax.Array | None, epoch: int, batch_size: int, block_batches: int
+    data: Dataset,
+    key: jax.Array | None,
+    epoch: int,
+    batch_size: int,
+    block_batches: int,
+    order: str = "exact",
 ) -> Iterator[np.ndarray]:
     """An epoch's example indices, one block at a time: ``(k, batch_size)`` or ``(1, rest)``.
 
-    The concatenation of all blocks is ``permutation(fold_in(key, epoch), n)``
-    (``arange(n)`` when ``key`` is None): ``fit``'s order, a block at a time.
-    The last full-batch block may hold fewer batches; the seed's smaller last
-    batch (``n % batch_size``) comes last, alone.
+    With ``order="exact"`` the concatenation of all blocks is
+    ``permutation(fold_in(key, epoch), n)``: ``fit``'s order, a block at a time.
+    With ``"runs"`` it is ``permute_runs`` of the same key (runs of
+    ``RUN_LENGTH`` examples, blocks of ``RUNS_PER_BLOCK`` runs). Without a key,
+    ``arange(n)``. The last full-batch block may hold fewer batches; the seed's
+    smaller last batch (``n % batch_size``) comes last, alone.
     """
     n = data.num_examples
     full, rest = divmod(n, batch_size)
@@ -346,7 +408,7 @@ def epoch_blocks(
     def indices(start, size):
         if ekey is None:
             return np.arange(start, start + size, dtype=np.int64)
-        return np.asarray(_positions_to_indices(ekey, start, size=size, n=n))
+        return np.asarray(_positions_to_indices(ekey, start, size=size, n=n, order=order))
 
     for first in range(0, full, block_batches):
         k = min(block_batches, full - first)
@@ -411,6 +473,7 @@ def fit_stream(
     block_batches: int | None = None,
     prefetch: int = 2,
     callback: Callable[[EpochEnd], None] | None = None,
+    order: str = "exact",
 ) -> tuple[Params, History]:
     """``jaxlin.fit`` on a folder of shards, streamed: the same batches, the same result.
 
@@ -422,6 +485,11 @@ def fit_stream(
       block_batches: minibatches per block read from disk (default: about
         65,536 examples per block).
       prefetch: blocks read ahead by the background thread (>= 1).
+      order: ``"exact"``: ``fit``'s permutation, so the result is ``fit``'s
+        (each row a random read: a page fault per row); ``"runs"``:
+        ``jaxlin.shuffle.permute_runs``, shuffled runs of 64 consecutive
+        examples read across (each minibatch from distinct runs), about 3x
+        the throughput from the page cache, a different (coarser) shuffle.
 
     Returns:
       ``(params, history)`` as ``fit``.
@@ -450,6 +518,8 @@ def fit_stream(
         block_batches = max(1, (1 << 16) // batch_size)
     block_batches = checks.positive_int("block_batches", block_batches)
     prefetch = checks.positive_int("prefetch", prefetch)
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if shuffle:
         if key is None:
             raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
@@ -462,22 +532,25 @@ def fit_stream(
     reader = ShardReader(data)
 
     def blocks(epoch):
-        for idx in epoch_blocks(data, key, epoch, batch_size, block_batches):
+        for idx in epoch_blocks(data, key, epoch, batch_size, block_batches, order):
             X, y = reader.read(idx.reshape(-1))
             k, b = idx.shape
             yield jax.device_put((X.reshape(k, b, -1), y.reshape(k, b, 1)))
 
     losses, val_losses = [], []
-    for epoch in range(max_epochs):
-        epoch_losses = []
-        for Xb, yb in _prefetch(blocks(epoch), prefetch):
-            params, block_losses = _scan_block(params, Xb, yb, lr_a, clip_a)
-            epoch_losses.append(block_losses)
-        losses.append(np.asarray(jnp.concatenate(epoch_losses))[None])
-        val_losses.append(np.float64(loss_fn(params, *val)) if val is not None else np.nan)
-        _check_finite(params, losses[-1], epoch, lr)
-        if callback is not None:
-            val_now = None if val is None else float(val_losses[-1])
-            callback(EpochEnd(epoch, params, losses[-1][0], val_now))
+    try:
+        for epoch in range(max_epochs):
+            epoch_losses = []
+            for Xb, yb in _prefetch(blocks(epoch), prefetch):
+                params, block_losses = _scan_block(params, Xb, yb, lr_a, clip_a)
+                epoch_losses.append(block_losses)
+            losses.append(np.asarray(jnp.concatenate(epoch_losses))[None])
+            val_losses.append(np.float64(loss_fn(params, *val)) if val is not None else np.nan)
+            _check_finite(params, losses[-1], epoch, lr)
+            if callback is not None:
+                val_now = None if val is None else float(val_losses[-1])
+                callback(EpochEnd(epoch, params, losses[-1][0], val_now))
+    finally:
+        reader.close()
     history = History(np.concatenate(losses), None if val is None else np.asarray(val_losses))
     return params, history

@@ -98,3 +98,28 @@ def test_bad_sizes_are_refused(key):
     for n in (0, -1, 2**31, 1.5, True):
         with pytest.raises(ValueError, match="n must be an int"):
             shuffle.permutation(key, n)
+
+
+@pytest.mark.parametrize(
+    "n, run, per_block",
+    [(1, 64, 4), (63, 64, 4), (64, 64, 4), (1000, 8, 5), (1003, 8, 5), (4096, 16, 16),
+     (777, 1, 10), (5000, 64, 3), (65536 + 13, 64, 1024)],
+)  # fmt: skip
+def test_run_order_is_a_bijection(n, run, per_block, key):
+    perm = np.asarray(shuffle.permute_runs(key, np.arange(n), n, run, per_block))
+    np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+
+
+def test_run_order_reads_stretches_and_mixes_runs_in_each_batch(key):
+    """A block of G runs is G contiguous stretches on disk; a batch of B <= G has B runs."""
+    n, run, G = 20_000, 16, 64
+    perm = np.asarray(shuffle.permute_runs(key, np.arange(n), n, run, G))
+    block = np.sort(perm[: G * run])
+    assert (np.diff(block) != 1).sum() <= G - 1  # at most G stretches
+    for batch in perm[: G * run].reshape(-1, 32):
+        assert np.unique(batch // run).size == 32  # 32 examples from 32 different runs
+    other = np.asarray(shuffle.permute_runs(jax.random.fold_in(key, 1), np.arange(n), n, run, G))
+    assert not np.array_equal(perm, other)  # keyed
+    np.testing.assert_array_equal(  # reproducible, and elementwise: any positions alone
+        np.asarray(shuffle.permute_runs(key, np.arange(100, 200), n, run, G)), perm[100:200]
+    )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxlin
-from jaxlin import stream
+from jaxlin import shuffle, stream
 
 
 def load_all(ds):
@@ -60,7 +60,8 @@ def test_fit_stream_equals_fit_on_the_same_data(shards, key, batch_size, block_b
     assert error(got) < 0.2 * error(p0)  # and it learned
 
 
-def test_every_example_read_exactly_once_per_epoch(tmp_path, key):
+@pytest.mark.parametrize("order", stream.ORDERS)
+def test_every_example_read_exactly_once_per_epoch(tmp_path, key, order):
     """Rows whose first feature is their own index: count what the reader returns."""
     n, d = 1001, 2
     root = tmp_path / "ids"
@@ -79,7 +80,7 @@ def test_every_example_read_exactly_once_per_epoch(tmp_path, key):
     orders = []
     for epoch in range(2):
         seen = []
-        for idx in stream.epoch_blocks(ds, key, epoch, 32, 7):
+        for idx in stream.epoch_blocks(ds, key, epoch, 32, 7, order):
             X, y = stream.read_rows(ds, idx.reshape(-1))
             np.testing.assert_array_equal(X[:, 0], idx.reshape(-1))  # rows come back in order
             np.testing.assert_array_equal(X[:, 1], -X[:, 0])
@@ -87,9 +88,15 @@ def test_every_example_read_exactly_once_per_epoch(tmp_path, key):
             seen.append(X[:, 0].astype(np.int64))
         seen = np.concatenate(seen)
         np.testing.assert_array_equal(np.bincount(seen, minlength=n), np.ones(n))
-        np.testing.assert_array_equal(
-            seen, np.asarray(jaxlin.permutation(jax.random.fold_in(key, epoch), n))
+        ekey = jax.random.fold_in(key, epoch)
+        expected = (
+            jaxlin.permutation(ekey, n)
+            if order == "exact"
+            else shuffle.permute_runs(
+                ekey, np.arange(n), n, stream.RUN_LENGTH, stream.RUNS_PER_BLOCK
+            )
         )
+        np.testing.assert_array_equal(seen, np.asarray(expected))
         orders.append(seen)
     assert not np.array_equal(orders[0], orders[1])  # a new shuffle each epoch
 
@@ -184,13 +191,35 @@ def test_cli_generate_then_train_from_disk(tmp_path, capsys):
     assert "X-00001.npy" in capsys.readouterr().err
 
 
-def test_reader_releasing_pages_reads_the_same_rows(shards, key):
+@pytest.mark.parametrize("threads, piece_rows", [(1, 4096), (3, 7), (2, 64)])
+def test_reader_releasing_pages_reads_the_same_rows(shards, key, threads, piece_rows):
+    """Pieces copied by several threads, each handing back its own pages: the same rows."""
     idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:500]
-    kept = stream.ShardReader(shards)
-    released = stream.ShardReader(shards, budget_bytes=0)
+    kept = stream.ShardReader(shards, threads=1)
+    released = stream.ShardReader(shards, budget_bytes=0, threads=threads, piece_rows=piece_rows)
     assert not kept.release_each_read and released.release_each_read
     for _ in range(2):  # read again after the pages were handed back
         for a, b in zip(kept.read(idx), released.read(idx), strict=True):
             np.testing.assert_array_equal(a, b)
     X, _ = load_all(shards)
     np.testing.assert_array_equal(released.read(idx)[0], X[idx])
+
+
+def test_runs_order_trains_reproducibly_and_learns(shards, key):
+    """order="runs": another shuffle than fit's, but keyed, repeatable, and it learns."""
+    p0 = jaxlin.init_params(key, shards.num_features)
+    kw = dict(lr=0.05, max_epochs=3, batch_size=16, key=jax.random.key(3), order="runs")
+    (a, ha), (b, hb) = stream.fit_stream(p0, shards, **kw), stream.fit_stream(p0, shards, **kw)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_array_equal(ha.train_loss, hb.train_loss)
+    exact, _ = stream.fit_stream(p0, shards, **{**kw, "order": "exact"})
+    assert not np.array_equal(np.asarray(exact["w"]), np.asarray(a["w"]))  # another order
+    error = lambda p: np.abs(np.asarray(p["w"]).ravel() - shards.w).max()  # noqa: E731
+    assert error(a) < 0.2 * error(p0)
+
+
+def test_unknown_order_is_refused(shards, key):
+    with pytest.raises(ValueError, match="order must be one of"):
+        stream.fit_stream(jaxlin.init_params(key, shards.num_features), shards, key=key,
+                          order="random")  # fmt: skip

@@ -53,6 +53,13 @@ def add_parser(sub) -> None:
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.add_argument("--data", type=Path, default=None, help="train from shards on disk (streamed)")
     t.add_argument(
+        "--order",
+        choices=("exact", "runs"),
+        default="exact",
+        help="with --data: 'exact' is fit's shuffle (a random read per row); 'runs' shuffles "
+        "runs of 64 examples and reads across them (faster from disk, a coarser shuffle)",
+    )
+    t.add_argument(
         "--checkpoint-dir",
         type=Path,
         default=None,
@@ -127,6 +134,8 @@ def data_parallel_mesh(args):
 def check_checkpoint_flags(args) -> None:
     """``--checkpoint-dir`` / ``--resume`` refused before any work when they cannot work."""
     folder = args.checkpoint_dir
+    if args.order != "exact" and args.data is None:
+        raise ValueError(f"--order {args.order} reads shards from disk: it needs --data DIR")
     if args.resume and folder is None:
         raise ValueError("--resume needs --checkpoint-dir DIR (the folder of the checkpoint)")
     if folder is None:

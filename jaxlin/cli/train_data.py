@@ -30,6 +30,7 @@ def run(args) -> dict:
     params, history = fit_stream(
         params, data, lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
         key=key_shuffle, gradient_clip_val=args.clip, callback=None if args.quiet else progress,
+        order=args.order,
     )  # fmt: skip
     w, b = np.asarray(params["w"]).ravel(), float(params["b"][0])
     print(f"learned w: {np.array2string(w, precision=4)}  b: {b:.4f}")
