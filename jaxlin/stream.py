@@ -24,8 +24,15 @@ that lives on disk. Here:
 
 Every example is used exactly once per epoch (a permutation; tested by
 counting), and peak memory is the prefetch buffers (``prefetch + 2`` blocks),
-not the data: mapped shard pages are handed back to the kernel after each
-block once the dataset is larger than ``ShardReader``'s budget (512 MiB).
+not the data: once the dataset is larger than ``ShardReader``'s budget
+(512 MiB), mapped shard pages are handed back to the kernel as soon as each
+piece of a read is copied. Pieces are copied by a few threads at once.
+
+``fit``'s order costs a random read, and so a page fault, per row. With
+``order="runs"`` the shuffle is ``jaxlin.shuffle.permute_runs`` instead:
+shuffled runs of 64 consecutive examples, read across, so a block is 1,024
+stretches of the files and a minibatch still draws from distinct runs. It is
+about 1.7x faster from the page cache, and a coarser shuffle than ``fit``'s.
 """
 
 from __future__ import annotations
@@ -274,7 +281,10 @@ class ShardReader:
     from the page cache once); above it, each piece returns its own page range
     to the kernel once copied (``madvise(MADV_DONTNEED)``: the pages stay in
     the page cache, but leave this process), so peak memory is a few pieces'
-    pages, and ``MADV_RANDOM`` stops the kernel mapping neighbouring pages.
+    pages. ``MADV_RANDOM`` asks the kernel not to map neighbouring pages, but a
+    fault may still map up to 64 KiB around it: pieces are kept small (1,024
+    rows: at most 64 MiB mapped per thread; 4,096 rows measured 1.2 GiB of peak
+    RSS at 7.5 GiB of data, against 0.5 GiB for 1,024).
     """
 
     def __init__(
@@ -282,7 +292,7 @@ class ShardReader:
         data: Dataset,
         budget_bytes: int = 512 << 20,
         threads: int | None = None,
-        piece_rows: int = 4096,
+        piece_rows: int = 1024,
     ):
         self.data = data
         self.X = [np.load(s.X, mmap_mode="r") for s in data.shards]
