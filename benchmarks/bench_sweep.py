@@ -101,7 +101,7 @@ def main() -> None:
         "problem": "seed: 1000 train / 1000 val (+1000 test), d=2, batch 32, 3 epochs",
         "baseline_fit": "jaxlin.fit, one config (checks + compiled scan + host history)",
         "baseline_scan": "jaxlin.train._scan_epochs, one config (jitted run_epochs alone)",
-        "sweep": "jaxlin.sweep (public: checks, one jit of vmap(vmap(run_epochs)), host copies)",
+        "sweep": "jaxlin.sweep (public: checks, one jit of the lane-layout grid, host copies)",
         "repeats": args.repeats,
         "compile_s_one_config": compile_s,
         "rows": rows,

@@ -78,6 +78,7 @@ def _feistel(x: jax.Array, round_keys: jax.Array, a: int, b: int) -> jax.Array:
 
 def _feistel_inverse(x: jax.Array, round_keys: jax.Array, a: int, b: int) -> jax.Array:
     """The inverse of ``_feistel``: undo the rounds in reverse order."""
+    x = jax.lax.optimization_barrier(x)  # as in _feistel: an iota is often the input
     left, right = x // jnp.uint32(b), x % jnp.uint32(b)
     for r in reversed(range(round_keys.shape[0])):
         p = a if r % 2 == 0 else b  # round r mapped (Z_p x Z_q) -> (Z_q x Z_p)
@@ -174,9 +175,10 @@ def permute_runs(
     numbers). Consecutive groups of ``runs_per_block`` shuffled runs form
     blocks; a block is read row by row *across* its runs (position ``i * G + g``
     is row ``i`` of the block's run ``g``), so a minibatch of ``B <= G``
-    examples draws from ``B`` different runs, while a block's examples lie in
-    ``G`` contiguous stretches of the files: one page fault per page, not per
-    row. The last ``n % run`` examples are shuffled among themselves at the end.
+    examples draws from ``B`` different runs (except in the last block, which
+    may hold fewer runs), while a block's examples lie in ``G`` contiguous
+    stretches of the files: one page fault per page, not per row. The last
+    ``n % run`` examples are shuffled among themselves at the end.
 
     Every example still comes exactly once per epoch and the same key gives
     the same order, but it is not ``permutation(key, n)``: neighbours on disk
@@ -194,6 +196,8 @@ def permute_runs(
     for name, v in (("n", n), ("run", run), ("runs_per_block", runs_per_block)):
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v < 2**31:
             raise ValueError(f"{name} must be an int in [1, 2**31), got {v!r}")
+    if run * runs_per_block >= 2**31:
+        raise ValueError(f"run * runs_per_block must be < 2**31, got {run} * {runs_per_block}")
     key = checks.key("key", key)
     p = jnp.asarray(positions).astype(jnp.int32)
     num_runs = n // run  # full runs; the tail [num_runs * run, n) is shuffled apart

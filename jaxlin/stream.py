@@ -30,9 +30,11 @@ piece of a read is copied. Pieces are copied by a few threads at once.
 
 ``fit``'s order costs a random read, and so a page fault, per row. With
 ``order="runs"`` the shuffle is ``jaxlin.shuffle.permute_runs`` instead:
-shuffled runs of 64 consecutive examples, read across, so a block is 1,024
-stretches of the files and a minibatch still draws from distinct runs. It is
-about 1.7x faster from the page cache, and a coarser shuffle than ``fit``'s.
+shuffled runs of 64 consecutive examples, read across, so a block of 1,024
+runs is 1,024 stretches of the files (a read straddles two such blocks when
+the batch size does not divide 65,536) and a minibatch draws from distinct
+runs (but in the epoch's last block). 1.6-2.3x the throughput of ``fit``'s
+order in ``benchmarks/bench_stream.py``; a coarser shuffle than ``fit``'s.
 """
 
 from __future__ import annotations
@@ -280,11 +282,12 @@ class ShardReader:
     dataset is at most ``budget_bytes`` they stay mapped (every page is read
     from the page cache once); above it, each piece returns its own page range
     to the kernel once copied (``madvise(MADV_DONTNEED)``: the pages stay in
-    the page cache, but leave this process), so peak memory is a few pieces'
-    pages. ``MADV_RANDOM`` asks the kernel not to map neighbouring pages, but a
-    fault may still map up to 64 KiB around it: pieces are kept small (1,024
-    rows: at most 64 MiB mapped per thread; 4,096 rows measured 1.2 GiB of peak
-    RSS at 7.5 GiB of data, against 0.5 GiB for 1,024).
+    the page cache, but leave this process), and at the end of the read the
+    touched shards' whole mappings are handed back too. ``MADV_RANDOM`` asks
+    the kernel not to map neighbouring pages, but a fault may still map up to
+    64 KiB around it, pages no piece's range covers: hence that final release,
+    and small pieces (1,024 rows; 4,096 measured 1.2 GiB of peak RSS at 7.5 GiB
+    of data, against 0.5 GiB for 1,024).
     """
 
     def __init__(
@@ -300,7 +303,7 @@ class ShardReader:
         size = data.num_examples * (data.num_features + 1) * data.dtype.itemsize
         self.release_each_read = size > budget_bytes
         self.threads = threads or min(4, os.cpu_count() or 1)
-        self.piece_rows = piece_rows
+        self.piece_rows = checks.positive_int("piece_rows", piece_rows)
         self._pool = None
         if self.release_each_read:  # no fault-around: map only the pages the rows are on
             for mm in self._maps(range(len(self.X))):
@@ -342,6 +345,8 @@ class ShardReader:
         else:
             for piece in pieces:
                 copy(piece)
+        if self.release_each_read:  # what fault-around mapped between and around pieces
+            self.release([s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]])
         return X, y
 
     def _release_rows(self, s: int, first: int, last: int) -> None:
@@ -498,8 +503,9 @@ def fit_stream(
       order: ``"exact"``: ``fit``'s permutation, so the result is ``fit``'s
         (each row a random read: a page fault per row); ``"runs"``:
         ``jaxlin.shuffle.permute_runs``, shuffled runs of 64 consecutive
-        examples read across (each minibatch from distinct runs), about 3x
-        the throughput from the page cache, a different (coarser) shuffle.
+        examples read across (a minibatch from distinct runs, but for the
+        epoch's last block), 1.6-2.3x the throughput of ``"exact"`` in
+        ``benchmarks/bench_stream.py``, a different (coarser) shuffle.
 
     Returns:
       ``(params, history)`` as ``fit``.

@@ -132,7 +132,7 @@ def _grid(
     is broadcast over its learning rates inside the step. Each elementwise op of
     a step thus runs along contiguous lanes and XLA vectorises across
     configurations, where ``vmap`` (batch axis first) left it vectorising across
-    the ``d = 2`` features: 15x faster at 1,024 configs.
+    the ``d = 2`` features: 6-12x faster at 1,024 configs.
     Each configuration's arithmetic is ``fit``'s, up to the order of sums.
     """
     n, d = X.shape
@@ -244,7 +244,7 @@ def sweep(
             gradient_clip_val=gradient_clip_val)
 
     except that a diverging configuration does not raise: it is flagged in
-    ``diverged`` (its NaNs stay in its own lane of the vmap, the others are
+    ``diverged`` (its NaNs stay in its own lane of the arrays, the others are
     unaffected) and ``select`` ignores it.
 
     Compilation: ``max_epochs``, ``batch_size``, ``sigma``, ``shuffle`` and
@@ -259,7 +259,9 @@ def sweep(
     configs x 3 epochs x 32 steps: 6 MB);
     ``per_step=False`` only returns their per-epoch means (``(L, S, epochs)``)
     instead of copying them all to the host. Per seed, one permutation of the
-    ``n`` training examples per epoch (shared by its learning rates).
+    ``n`` training examples per epoch (shared by its learning rates), and
+    the epoch's shuffled copy of the data, ``n * d`` floats per seed (``fit``
+    gathers wide rows batch by batch instead).
 
     Args:
       train, val: ``(X, y)`` pairs, ``X: (n, d)``, ``y: (n,)`` or ``(n, 1)``;

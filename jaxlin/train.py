@@ -152,7 +152,8 @@ def run_epochs(
     """``num_epochs`` epochs of minibatch SGD as one traceable function (the compiled engine).
 
     Pure and unjitted, so it can be wrapped in ``jax.jit`` or ``jax.vmap`` (over
-    ``params``, ``key``, ``lr``...): ``fit`` and ``sweep`` both run exactly this.
+    ``params``, ``key``, ``lr``...): ``fit`` and ``fit_data_parallel`` run
+    exactly this (``sweep`` runs the same steps in its own layout).
 
     Args:
       params: ``{"w": (d, 1), "b": (1,)}``.

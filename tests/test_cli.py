@@ -1,6 +1,7 @@
 """The command line: the lecture's run, its outputs, and one-line errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -65,6 +66,7 @@ def test_engines_print_the_same_result(capsys):
         (["--epochs", "0"], "max_epochs must be an int >= 1"),
         (["--num-train", "0"], "num_train must be an int >= 1"),
         (["--json", "/nonexistent-dir/out.json"], "folder /nonexistent-dir does not exist"),
+        (["--plot", "loss.txt"], "--plot loss.txt: unknown image format '.txt'"),
         (["--lr", "50", "--epochs", "5"], "training diverged"),
     ],
 )
@@ -92,3 +94,28 @@ def test_python_dash_m_runs_the_lecture(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "error in estimating b" in proc.stdout
     assert any((tmp_path / "cache").iterdir())  # the persistent compile cache was written
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
+def test_device_gpu_without_a_gpu_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxlin", "train", "--device", "gpu", "--no-cache"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "jaxlin: error: --device gpu: no GPU backend here (needs an NVIDIA GPU and "
+        "pip install 'jaxlin[cuda]'); use --device cpu"
+    )
+
+
+def test_output_closed_early_is_not_an_error(tmp_path):
+    """``jaxlin train | head -1``: the reader goes away; no 'Broken pipe' error."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxlin", "train", "--no-cache"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert b"Broken pipe" not in err and b"Traceback" not in err

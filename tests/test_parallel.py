@@ -177,6 +177,8 @@ def test_cli_devices_batch_that_does_not_split_names_sizes_that_do(tmp_path):
 def test_cli_devices_errors_are_one_line(args, message, capsys):
     from jaxlin.cli import main
 
+    if "only 1" in message and (jax.device_count() != 1 or jax.default_backend() != "cpu"):
+        pytest.skip("this machine has more than one device")
     assert main(["train", "--num-train", "64", "--no-cache", *args]) != 0
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1

@@ -1,6 +1,8 @@
 """Shards on disk: deterministic files, checks that name the file, streaming equals fit."""
 
+import gc
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -174,18 +176,19 @@ def test_same_key_same_result_and_keys_matter(shards, key):
 def test_cli_generate_then_train_from_disk(tmp_path, capsys):
     from jaxlin.cli import main
 
-    out, js = tmp_path / "d", tmp_path / "r.json"
+    out, js, png = tmp_path / "d", tmp_path / "r.json", tmp_path / "r.png"
     assert main(["generate", "--out", str(out), "--num-examples", "600", "--shards", "2"]) == 0
-    assert (
-        main(
-            ["train", "--data", str(out), "--no-cache", "--json", str(js), "--quiet", "--lr", "0.2"]
-        )
-        == 0
-    )
+    args = ["--json", str(js), "--plot", str(png), "--quiet", "--lr", "0.2"]
+    assert main(["train", "--data", str(out), "--no-cache", *args]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads(js.read_text())
     assert len(record["train_loss"]) == 3 * 19 and record["num_examples"] == 600  # 600/32 -> 19
     np.testing.assert_allclose(record["w"], [2.0, -3.4], atol=0.02)
     np.testing.assert_allclose(record["w_error"], np.array([2.0, -3.4]) - record["w"], atol=1e-5)
+    capsys.readouterr()
+    for flags in (["--engine", "eager"], ["--checkpoint-dir", str(tmp_path / "ck")]):
+        assert main(["train", "--data", str(out), "--no-cache", *flags]) == 2  # not ignored
+        assert f"cannot be combined with {flags[0]}" in capsys.readouterr().err
     (out / "X-00001.npy").write_bytes(b"\x93NUMPY")
     assert main(["train", "--data", str(out), "--no-cache"]) == 2
     assert "X-00001.npy" in capsys.readouterr().err
@@ -203,6 +206,23 @@ def test_reader_releasing_pages_reads_the_same_rows(shards, key, threads, piece_
             np.testing.assert_array_equal(a, b)
     X, _ = load_all(shards)
     np.testing.assert_array_equal(released.read(idx)[0], X[idx])
+    if Path("/proc/self/smaps").exists():  # Linux: what the reads left mapped
+        del kept  # its maps keep their pages
+        gc.collect()
+        assert _mapped_kib(shards) == 0
+
+
+def _mapped_kib(data) -> int:
+    """Resident KiB of this process's mappings of ``data``'s shard files (``/proc/self/smaps``)."""
+    files = {str(Path(p).resolve()) for s in data.shards for p in (s.X, s.y)}
+    total, current = 0, None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            current = fields[5] if len(fields) > 5 else None
+        elif fields and fields[0] == "Rss:" and current in files:
+            total += int(fields[1])
+    return total
 
 
 def test_runs_order_trains_reproducibly_and_learns(shards, key):

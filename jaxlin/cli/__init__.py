@@ -7,6 +7,7 @@ a user can fix become one line on stderr and a non-zero exit, never a trace.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from jaxlin.cli import generate, sweep, train
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"jaxlin: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `jaxlin train | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ValueError, TypeError, OSError) as err:
         print(f"jaxlin: error: {err}", file=sys.stderr)
         return 2

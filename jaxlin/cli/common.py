@@ -39,6 +39,11 @@ def add_jax_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="do not use the compile cache")
 
 
+# What matplotlib's savefig writes (checked before any work, without importing it).
+PLOT_FORMATS = frozenset({"png", "pdf", "svg", "svgz", "jpg", "jpeg", "eps", "ps", "tif", "tiff",
+                          "webp"})  # fmt: skip
+
+
 def check_output(flag: str, path: Path | None) -> None:
     """Refuse an output path whose folder is missing or unwritable, before any work."""
     if path is None:
@@ -46,6 +51,11 @@ def check_output(flag: str, path: Path | None) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ValueError(f"{flag} {path}: is a directory, expected a file path")
+    if flag == "--plot" and path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise ValueError(
+            f"--plot {path}: unknown image format {path.suffix or '(none)'!r}; "
+            f"use one of .{', .'.join(sorted(PLOT_FORMATS))}"
+        )
     if not folder.is_dir():
         raise ValueError(f"{flag} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -58,6 +68,14 @@ def configure_jax(args) -> None:
 
     if args.device is not None:
         jax.config.update("jax_platforms", args.device if args.device == "cpu" else "cuda")
+    if args.device == "gpu":  # start the backend now: no GPU is a one-line error, not a trace
+        try:
+            jax.devices()
+        except Exception as err:  # JAX raises RuntimeError or AssertionError, by version
+            raise ValueError(
+                "--device gpu: no GPU backend here (needs an NVIDIA GPU and "
+                "pip install 'jaxlin[cuda]'); use --device cpu"
+            ) from err
     if not args.no_cache:
         args.cache_dir.mkdir(parents=True, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", str(args.cache_dir))

@@ -73,8 +73,8 @@ def add_parser(sub) -> None:
         "--devices",
         type=devices_flag,
         default=None,
-        help="train data-parallel over N devices, or 'all' local devices (with --device cpu, "
-        "the CPU is split into N host devices)",
+        help="train data-parallel over N devices, or 'all' local devices (with --device cpu "
+        "and a number N, the CPU is split into N host devices; 'all' does not split it)",
     )
     add_jax_flags(t)
 
@@ -107,6 +107,21 @@ def check_devices_flag(args) -> None:
             raise ValueError(
                 f"--devices {args.devices} runs the scan engine on in-memory data, without "
                 f"checkpoints; it cannot be combined with {flag} {value}"
+            )
+
+
+def check_data_flags(args) -> None:
+    """``--data`` refused with the flags that streaming does not honour (rather than ignored)."""
+    if args.data is None:
+        return
+    for flag, value, ok in (
+        ("--engine", args.engine, args.engine == "scan"),
+        ("--checkpoint-dir", args.checkpoint_dir, args.checkpoint_dir is None),
+    ):
+        if not ok:
+            raise ValueError(
+                f"--data streams with the scan engine, without checkpoints; it cannot be "
+                f"combined with {flag} {value}"
             )
 
 
@@ -172,6 +187,7 @@ def run(args) -> dict:
     """Data, init, fit, report; returns the JSON record."""
     for flag, path in (("--plot", args.plot), ("--json", args.json)):
         check_output(flag, path)
+    check_data_flags(args)
     check_checkpoint_flags(args)
     check_devices_flag(args)
     import jax
@@ -180,7 +196,10 @@ def run(args) -> dict:
         jax.config.update("jax_enable_x64", True)
     configure_jax(args)
     if args.device == "cpu" and isinstance(args.devices, int) and args.devices > 1:
-        jax.config.update("jax_num_cpu_devices", args.devices)  # before the backend starts
+        try:
+            jax.config.update("jax_num_cpu_devices", args.devices)  # before the backend starts
+        except RuntimeError as err:  # JAX already started here (main() called in-process)
+            raise ValueError(f"--devices {args.devices}: JAX has already started ({err})") from None
     mesh = None if args.devices is None else data_parallel_mesh(args)
     if args.data is not None:  # shards on disk: jaxlin/cli/train_data.py
         from jaxlin.cli import train_data
@@ -242,8 +261,6 @@ def run(args) -> dict:
         elif mesh is not None:
             from jaxlin.parallel import fit_data_parallel
 
-            if not args.quiet:
-                print(f"data-parallel over {mesh.size} {mesh.devices.flat[0].platform} devices")
             del kwargs["engine"]  # the scan engine, sharded
             params, history = fit_data_parallel(
                 params,
@@ -264,6 +281,9 @@ def run(args) -> dict:
     finally:
         if per_epoch:
             signal.signal(signal.SIGINT, previous)
+    if mesh is not None:
+        s = "s" if mesh.size > 1 else ""
+        print(f"trained data-parallel over {mesh.size} {mesh.devices.flat[0].platform} device{s}")
     w_err, b_err = jaxlin.estimation_error(params, data.w, data.b)
     w, b = np.asarray(params["w"]).ravel(), float(params["b"][0])
     print(f"learned w: {np.array2string(w, precision=4)}  b: {b:.4f}")

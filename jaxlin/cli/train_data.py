@@ -51,4 +51,9 @@ def run(args) -> dict:
         record.update(w_error=np.asarray(w_err).tolist(), b_error=float(b_err))
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2))
+    if args.plot is not None:
+        from jaxlin.plot import save_history_plot
+
+        title = f"{args.data}: lr={args.lr}, batch={args.batch_size}, order {args.order}"
+        save_history_plot(history, args.plot, title=title)
     return record
