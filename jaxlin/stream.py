@@ -25,7 +25,7 @@ that lives on disk. Here:
 Every example is used exactly once per epoch (a permutation; tested by
 counting), and peak memory is the prefetch buffers (``prefetch + 2`` blocks),
 not the data: once the dataset is larger than ``ShardReader``'s budget
-(512 MiB), mapped shard pages are handed back to the kernel as soon as each
+(1 GiB), mapped shard pages are handed back to the kernel as soon as each
 piece of a read is copied. Pieces are copied by a few threads at once.
 
 ``fit``'s order costs a random read, and so a page fault, per row. With
@@ -293,7 +293,7 @@ class ShardReader:
     def __init__(
         self,
         data: Dataset,
-        budget_bytes: int = 512 << 20,
+        budget_bytes: int = 1 << 30,
         threads: int | None = None,
         piece_rows: int = 1024,
     ):
