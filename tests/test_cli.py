@@ -61,10 +61,10 @@ def test_engines_print_the_same_result(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--batch-size", "0"], "batch_size must be an int >= 1"),
-        (["--lr", "-1"], "lr must be > 0"),
-        (["--epochs", "0"], "max_epochs must be an int >= 1"),
-        (["--num-train", "0"], "num_train must be an int >= 1"),
+        (["--batch-size", "0"], "--batch-size must be an int >= 1"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--epochs", "0"], "--epochs must be an int >= 1"),
+        (["--num-train", "0"], "--num-train must be an int >= 1"),
         (["--json", "/nonexistent-dir/out.json"], "folder /nonexistent-dir does not exist"),
         (["--plot", "loss.txt"], "--plot loss.txt: unknown image format '.txt'"),
         (["--lr", "50", "--epochs", "5"], "training diverged"),
@@ -119,3 +119,12 @@ def test_output_closed_early_is_not_an_error(tmp_path):
     proc.stdout.close()
     _, err = proc.communicate(timeout=300)
     assert b"Broken pipe" not in err and b"Traceback" not in err
+
+
+def test_messages_name_the_flags_the_user_typed(capsys):
+    """Library messages say max_epochs and gradient_clip_val; the command line says the flags."""
+    assert main(["train", *SMALL, "--epochs", "0"]) == 2
+    assert capsys.readouterr().err == "jaxlin: error: --epochs must be an int >= 1, got 0\n"
+    assert main(["train", *SMALL, "--lr", "50", "--epochs", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "set --clip" in err and "gradient_clip_val" not in err

@@ -164,9 +164,9 @@ def test_cli_writes_json_png_and_prints_the_table(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message, status",
     [
-        (["--lr", "-0.1"], "lrs must be > 0", 2),
-        (["--seeds", "0"], "seeds must be an int >= 1", 2),
-        (["--num-test", "0"], "num_test must be an int >= 1", 2),
+        (["--lr", "-0.1"], "--lr must be > 0", 2),
+        (["--seeds", "0"], "--seeds must be an int >= 1", 2),
+        (["--num-test", "0"], "--num-test must be an int >= 1", 2),
         (["--lr", "100,200"], "every learning rate diverged", 1),
     ],
 )
