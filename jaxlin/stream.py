@@ -33,7 +33,7 @@ piece of a read is copied. Pieces are copied by a few threads at once.
 shuffled runs of 64 consecutive examples, read across, so a block of 1,024
 runs is 1,024 stretches of the files (a read straddles two such blocks when
 the batch size does not divide 65,536) and a minibatch draws from distinct
-runs (but in the epoch's last block). 1.6-2.3x the throughput of ``fit``'s
+runs (but in the epoch's last block). 1.4-2.6x the throughput of ``fit``'s
 order in ``benchmarks/bench_stream.py``; a coarser shuffle than ``fit``'s.
 """
 
@@ -504,7 +504,7 @@ def fit_stream(
         (each row a random read: a page fault per row); ``"runs"``:
         ``jaxlin.shuffle.permute_runs``, shuffled runs of 64 consecutive
         examples read across (a minibatch from distinct runs, but for the
-        epoch's last block), 1.6-2.3x the throughput of ``"exact"`` in
+        epoch's last block), 1.4-2.6x the throughput of ``"exact"`` in
         ``benchmarks/bench_stream.py``, a different (coarser) shuffle.
 
     Returns:

@@ -45,12 +45,17 @@ def test_each_configuration_is_its_own_fit(data, result, i, j):
         jaxlin.init_params(init_key, 2), data.train, data.val,
         lr=LRS[i], max_epochs=2, batch_size=32, key=shuffle_key,
     )  # fmt: skip
+    assert_config_is_fit(result, i, j, params, hist, data.test)
+
+
+def assert_config_is_fit(result, i, j, params, hist, test):
+    """Configuration ``(i, j)`` of a sweep equals ``fit``'s params and losses, to 1e-6."""
     for k in params:
         np.testing.assert_allclose(result.params[k][i, j], params[k], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(result.train_loss[i, j], hist.train_loss, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(result.val_loss[i, j], hist.val_loss, rtol=1e-6, atol=1e-6)
-    test = jaxlin.loss_fn(params, *data.test)
-    np.testing.assert_allclose(result.test_loss[i, j], test, rtol=1e-6, atol=1e-6)
+    test_loss = jaxlin.loss_fn(params, *test)
+    np.testing.assert_allclose(result.test_loss[i, j], test_loss, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -76,12 +81,7 @@ def test_every_code_path_of_the_grid_is_fit(d, lrs, seeds, options):
         init_key, shuffle_key = jaxlin.config_keys(key, seeds[j])
         params, hist = jaxlin.fit(jaxlin.init_params(init_key, d), s.train, s.val, lr=lrs[i],
                                   max_epochs=2, key=shuffle_key, **options)  # fmt: skip
-        for k in params:
-            np.testing.assert_allclose(result.params[k][i, j], params[k], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(result.train_loss[i, j], hist.train_loss, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(result.val_loss[i, j], hist.val_loss, rtol=1e-6, atol=1e-6)
-        test = jaxlin.loss_fn(params, *s.test)
-        np.testing.assert_allclose(result.test_loss[i, j], test, rtol=1e-6, atol=1e-6)
+        assert_config_is_fit(result, i, j, params, hist, s.test)
 
 
 def test_epoch_means_are_the_step_means(data, result):

@@ -96,33 +96,29 @@ def devices_flag(text: str):
 
 def check_devices_flag(args) -> None:
     """``--devices`` refused before any work where data-parallel training cannot run."""
-    if args.devices is None:
-        return
-    for flag, value, ok in (
-        ("--engine", args.engine, args.engine == "scan"),
-        ("--checkpoint-dir", args.checkpoint_dir, args.checkpoint_dir is None),
-        ("--data", args.data, args.data is None),
-    ):
-        if not ok:
+    if args.devices is not None:
+        what = (
+            f"--devices {args.devices} runs the scan engine on in-memory data, without checkpoints"
+        )
+        refuse_with(args, what, ("engine", "checkpoint_dir", "data"))
+
+
+def refuse_with(args, what: str, dests) -> None:
+    """One-line refusal of the first of ``dests`` that is set: ``--engine`` other than scan,
+    or any other flag given at all."""
+    for dest in dests:
+        value = getattr(args, dest)
+        if (value != "scan") if dest == "engine" else (value is not None):
             raise ValueError(
-                f"--devices {args.devices} runs the scan engine on in-memory data, without "
-                f"checkpoints; it cannot be combined with {flag} {value}"
+                f"{what}; it cannot be combined with --{dest.replace('_', '-')} {value}"
             )
 
 
 def check_data_flags(args) -> None:
     """``--data`` refused with the flags that streaming does not honour (rather than ignored)."""
-    if args.data is None:
-        return
-    for flag, value, ok in (
-        ("--engine", args.engine, args.engine == "scan"),
-        ("--checkpoint-dir", args.checkpoint_dir, args.checkpoint_dir is None),
-    ):
-        if not ok:
-            raise ValueError(
-                f"--data streams with the scan engine, without checkpoints; it cannot be "
-                f"combined with {flag} {value}"
-            )
+    if args.data is not None:
+        what = "--data streams with the scan engine, without checkpoints"
+        refuse_with(args, what, ("engine", "checkpoint_dir"))
 
 
 def data_parallel_mesh(args):
