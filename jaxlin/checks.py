@@ -89,7 +89,7 @@ def float_array(name: str, value, *, ndim: tuple[int, ...], finite: bool = True)
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
     if finite and not _all_finite(value):
         raise ValueError(f"{name} contains NaN or Inf values")
-    return jnp.asarray(value)
+    return value if isinstance(value, jax.Array) else jnp.asarray(value)  # asarray: ~8 us
 
 
 def _all_finite(value) -> bool:

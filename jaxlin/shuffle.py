@@ -137,7 +137,11 @@ def padded_permutation(key: jax.Array, n: int, multiple: int = 8) -> jax.Array:
         raise ValueError(f"n must be an int in [1, 2**31), got {n!r}")
     a, b = _domain(n)
     round_keys = _round_keys(key, n)
-    x = _feistel(jnp.arange(-(-n // multiple) * multiple, dtype=jnp.uint32), round_keys, a, b)
+    # Two halves through a loop, so that XLA writes the permutation to memory
+    # once: straight-line, it fuses the rounds into each consumer's gather and
+    # re-evaluates them for every gathered element (an epoch at n = 1e6 took 2x).
+    halves = jnp.arange(-(-n // (2 * multiple)) * 2 * multiple, dtype=jnp.uint32).reshape(2, -1)
+    x = jax.lax.map(lambda half: _feistel(half, round_keys, a, b), halves).reshape(-1)
     if a * b > n:  # the few positions that land in [n, a*b): invert, walk, write back
         outside = jnp.arange(n, a * b, dtype=jnp.uint32)
         origin = _feistel_inverse(outside, round_keys, a, b)  # positions that landed there
