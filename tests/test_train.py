@@ -217,7 +217,7 @@ def test_bad_input_is_refused_with_a_named_argument(overrides, match):
         _bad(**overrides)()
 
 
-@pytest.mark.parametrize("engine", ["scan", "step"])
+@pytest.mark.parametrize("engine", ["scan", "affine", "step"])
 def test_start_epoch_continues_the_same_run(problem, key, engine):
     """Epochs 0-1, then epochs 2-3 from their params: the run of epochs 0-3, bit for bit."""
     s, params = problem
