@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
@@ -55,7 +54,7 @@ def main() -> None:
     init_key, shuffle_key = jaxlin.config_keys(key, 0)
     params = jaxlin.init_params(init_key, 2)
     X, y = data.train
-    lr, clip = jnp.float32(0.03), jnp.float32(0.0)
+    lr, clip = 0.03, None  # as fit passes them: no clipping code in the program
 
     def one_scan():
         return _scan_epochs(params, X, y, data.val, shuffle_key, 0, lr, clip,
