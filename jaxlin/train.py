@@ -279,8 +279,8 @@ def fit(
         small ``d``, no clipping), ``"step"`` (jitted step in a Python loop) or
         ``"eager"`` (no jit). All give the same batches and result.
       callback: called after each epoch with an ``EpochEnd`` (progress,
-        checkpoints): one host read per epoch, never per step. Without it the
-        epochs' calls are queued back to back and read once at the end.
+        checkpoints): one compiled call and one host read per epoch, never per
+        step. Without it (scan and affine engines) the whole run is one call.
       start_epoch: the first epoch to run (to resume): epochs ``start_epoch ..
         max_epochs - 1`` are run, with the same shuffles as in a full run.
 
