@@ -327,39 +327,35 @@ def fit(
         key = jax.random.key(0)  # unused: batches are read in order
 
     static = dict(batch_size=batch_size, shuffle=shuffle)
-    # Python floats, not device arrays: jit takes them as weakly typed scalars of
-    # the data's dtype at no cost, where making an array costs a dispatch (~30 us).
-    lr_a = lr
-    clip_a = clip if clip > 0 else None  # None: no clipping code
-    if engine in ("scan", "affine"):
+    # lr and clip go in as Python floats, not device arrays: jit takes them as
+    # weakly typed scalars of the data's dtype at no cost, where making an array
+    # costs a dispatch (~30 us).
+    clip = clip if clip > 0 else None  # None: no clipping code
+    compiled = engine in ("scan", "affine")
+    if compiled:
         static["affine"] = engine == "affine"
 
-        def run(params, epoch):
-            return _scan_epochs(params, X, y, val, key, epoch, lr_a, clip_a, num_epochs=1, **static)
+        def run(params, epoch, num_epochs=1):
+            return _scan_epochs(
+                params, X, y, val, key, epoch, lr, clip, num_epochs=num_epochs, **static
+            )
 
     else:
         step = _jitted_step if engine == "step" else _step
 
         def run(params, epoch):
-            return _loop_epoch(params, X, y, val, key, epoch, lr_a, clip_a, step=step, **static)
+            return _loop_epoch(params, X, y, val, key, epoch, lr, clip, step=step, **static)
 
-    losses, val_losses = [], []
-    if engine in ("scan", "affine") and callback is None:  # the whole run: one program
-        params, (loss, val_loss) = _scan_epochs(
-            params,
-            X,
-            y,
-            val,
-            key,
-            start_epoch,
-            lr_a,
-            clip_a,
-            num_epochs=max_epochs - start_epoch,
-            **static,
-        )
-        losses.append(loss)
-        val_losses.append(val_loss)
-    for epoch in range(start_epoch, max_epochs) if not losses else ():
+    # Without a callback the compiled engines run the whole run as one call; with
+    # one, one call per epoch (run_epochs compiles an epoch alike either way).
+    if compiled and callback is None:
+        params, (loss, val_loss) = run(params, start_epoch, max_epochs - start_epoch)
+        losses, val_losses = [loss], [val_loss]
+        epochs = ()
+    else:
+        losses, val_losses = [], []
+        epochs = range(start_epoch, max_epochs)
+    for epoch in epochs:
         params, (loss, val_loss) = run(params, epoch)
         losses.append(loss)
         val_losses.append(val_loss)

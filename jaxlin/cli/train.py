@@ -279,14 +279,14 @@ def run(args) -> dict:
     w, b = np.asarray(params["w"]).ravel(), float(np.asarray(params["b"])[0])
     w_err, b_err = np.asarray(data.w) - w, float(data.b) - b  # on the host: no compiles
     print(f"learned w: {np.array2string(w, precision=4)}  b: {b:.4f}")
-    print(f"error in estimating w: {np.array2string(np.asarray(w_err), precision=4)}")
-    print(f"error in estimating b: {float(b_err):.4f}")
+    print(f"error in estimating w: {np.array2string(w_err, precision=4)}")
+    print(f"error in estimating b: {b_err:.4f}")
     record = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "w": w.tolist(),
         "b": b,
-        "w_error": np.asarray(w_err).tolist(),
-        "b_error": float(b_err),
+        "w_error": w_err.tolist(),
+        "b_error": b_err,
         "train_loss": history.train_loss.ravel().tolist(),
         "val_loss": history.val_loss.tolist(),
         "steps_per_epoch": int(history.train_loss.shape[1]),
