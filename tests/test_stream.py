@@ -2,6 +2,7 @@
 
 import gc
 import json
+import threading
 from pathlib import Path
 
 import jax
@@ -162,6 +163,24 @@ def test_reader_error_in_the_background_reaches_the_caller(shards, key):
     ds.shards[2].X.unlink()  # checked, then gone: the prefetch thread fails mid-epoch
     with pytest.raises(FileNotFoundError):
         stream.fit_stream(jaxlin.init_params(key, 3), ds, key=key, block_batches=2)
+
+
+def test_stopping_mid_run_leaves_no_reader_behind(shards, key):
+    """A callback that raises ends the run at once, and the reader thread and its
+    copying threads are gone (however far ahead it was)."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(end):
+        raise Stop
+
+    for prefetch in (1, 3):
+        with pytest.raises(Stop):
+            stream.fit_stream(jaxlin.init_params(key, 3), shards, key=key, block_batches=2,
+                              prefetch=prefetch, max_epochs=5, callback=stop)  # fmt: skip
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("jaxlin-")]
+        assert alive == []
 
 
 def test_same_key_same_result_and_keys_matter(shards, key):
