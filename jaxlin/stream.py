@@ -310,11 +310,12 @@ class ShardReader:
     from the page cache once); above it, each piece returns its own page range
     to the kernel once copied (``madvise(MADV_DONTNEED)``: the pages stay in
     the page cache, but leave this process), and at the end of the read the
-    touched shards' whole mappings are handed back too. ``MADV_RANDOM`` asks
-    the kernel not to map neighbouring pages, but a fault may still map up to
-    64 KiB around it, pages no piece's range covers: hence that final release,
-    and small pieces (1,024 rows; 4,096 measured 1.2 GiB of peak RSS at 7.5 GiB
-    of data, against 0.5 GiB for 1,024).
+    touched shards' whole mappings are handed back too. A fault maps more than
+    its page: fault-around, and on recent kernels the whole large folio of the
+    page cache (on ext4 with Linux 6.18, one block's sparse rows mapped nearly
+    all of a 7.5 GiB dataset). So a piece also ends at every ``piece_bytes``
+    of the file: peak RSS stays near ``threads * piece_bytes`` above the
+    buffers, whatever the kernel maps per fault.
     """
 
     def __init__(
@@ -323,6 +324,7 @@ class ShardReader:
         budget_bytes: int = 1 << 30,
         threads: int | None = None,
         piece_rows: int = 1024,
+        piece_bytes: int = 64 << 20,
     ):
         self.data = data
         self.X = [np.load(s.X, mmap_mode="r") for s in data.shards]
@@ -331,8 +333,9 @@ class ShardReader:
         self.release_each_read = size > budget_bytes
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.piece_rows = checks.positive_int("piece_rows", piece_rows)
+        self.piece_bytes = checks.positive_int("piece_bytes", piece_bytes)
         self._pool = None
-        if self.release_each_read:  # no fault-around: map only the pages the rows are on
+        if self.release_each_read:  # less read-ahead and fault-around, where the kernel obliges
             for mm in self._maps(range(len(self.X))):
                 mm.madvise(mmap.MADV_RANDOM)
 
@@ -374,9 +377,7 @@ class ShardReader:
                 self._release_rows(s, local[0], local[-1])
 
         pieces = [
-            (s, lo, min(lo + self.piece_rows, bounds[s + 1]))
-            for s in range(len(self.data.shards))
-            for lo in range(bounds[s], bounds[s + 1], self.piece_rows)
+            piece for s in range(len(self.data.shards)) for piece in self._pieces(s, sidx, bounds)
         ]
         if self.threads > 1 and len(pieces) > 1:
             if self._pool is None:
@@ -390,6 +391,24 @@ class ShardReader:
         if self.release_each_read:  # what fault-around mapped between and around pieces
             self.release([s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]])
         return X, y, where
+
+    def _pieces(self, s: int, sidx: np.ndarray, bounds: np.ndarray) -> list[tuple[int, int, int]]:
+        """Shard ``s``'s part of a sorted read as ``(s, lo, hi)`` pieces of ``sidx``.
+
+        At most ``piece_rows`` rows each and, when pages are handed back after
+        each piece, within one ``piece_bytes`` window of the file.
+        """
+        lo, hi = int(bounds[s]), int(bounds[s + 1])
+        if hi == lo:
+            return []
+        cuts = set(range(lo, hi, self.piece_rows))
+        if self.release_each_read:
+            window = max(1, self.piece_bytes // self.X[s].strides[0])
+            first, last = sidx[lo] - self.data.offsets[s], sidx[hi - 1] - self.data.offsets[s]
+            edges = np.arange((first // window + 1) * window, last + 1, window)
+            cuts.update(np.searchsorted(sidx, edges + self.data.offsets[s]).tolist())
+        cuts = sorted(cuts)
+        return [(s, a, b) for a, b in zip(cuts, [*cuts[1:], hi], strict=True)]
 
     def read_buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """Empty 64-byte aligned ``X: (rows, d)``, ``y: (rows, 1)`` for ``read_sorted``."""

@@ -213,12 +213,26 @@ def test_cli_generate_then_train_from_disk(tmp_path, capsys):
     assert "X-00001.npy" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("threads, piece_rows", [(1, 4096), (3, 7), (2, 64)])
-def test_reader_releasing_pages_reads_the_same_rows(shards, key, threads, piece_rows):
-    """Pieces copied by several threads, each handing back its own pages: the same rows."""
+@pytest.mark.parametrize(
+    "threads, piece_rows, piece_bytes", [(1, 4096, 1 << 20), (3, 7, 1 << 20), (2, 64, 100)]
+)
+def test_reader_releasing_pages_reads_the_same_rows(shards, key, threads, piece_rows, piece_bytes):
+    """Pieces copied by several threads, each handing back its own pages: the same rows.
+
+    (100 bytes: a piece ends at every 8 rows of the file, 12 bytes each.)
+    """
     idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:500]
     kept = stream.ShardReader(shards, threads=1)
-    released = stream.ShardReader(shards, budget_bytes=0, threads=threads, piece_rows=piece_rows)
+    released = stream.ShardReader(
+        shards, budget_bytes=0, threads=threads, piece_rows=piece_rows, piece_bytes=piece_bytes
+    )
+    if piece_bytes == 100:  # each piece within one 8-row window of its shard
+        order = np.sort(idx)
+        bounds = np.searchsorted(order, shards.offsets)
+        for s in range(len(shards.shards)):
+            for _, lo, hi in released._pieces(s, order, bounds):
+                local = order[lo:hi] - shards.offsets[s]
+                assert local[0] // 8 == local[-1] // 8 and hi - lo <= piece_rows
     assert not kept.release_each_read and released.release_each_read
     for _ in range(2):  # read again after the pages were handed back
         for a, b in zip(kept.read(idx), released.read(idx), strict=True):
