@@ -379,6 +379,99 @@ class ShardReader:
         pieces = [
             piece for s in range(len(self.data.shards)) for piece in self._pieces(s, sidx, bounds)
         ]
+        self._run(pieces, copy)
+        if self.release_each_read:  # what fault-around mapped between and around pieces
+            self.release([s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]])
+        return X, y, where
+
+    def _pieces(self, s: int, sidx: np.ndarray, bounds: np.ndarray) -> list[tuple[int, int, int]]:
+        """Shard ``s``'s part of a sorted read as ``(s, lo, hi)`` pieces of ``sidx``.
+
+        When pages are handed back after each piece: at most ``piece_rows``
+        rows each, within one ``piece_bytes`` window of the file. Otherwise
+        one per thread (at least ``piece_rows`` rows): fewer, larger copies.
+        """
+        lo, hi = int(bounds[s]), int(bounds[s + 1])
+        if hi == lo:
+            return []
+        if self.release_each_read:
+            cuts = set(range(lo, hi, self.piece_rows))
+            window = max(1, self.piece_bytes // self.X[s].strides[0])
+            first, last = sidx[lo] - self.data.offsets[s], sidx[hi - 1] - self.data.offsets[s]
+            edges = np.arange((first // window + 1) * window, last + 1, window)
+            cuts.update(np.searchsorted(sidx, edges + self.data.offsets[s]).tolist())
+        else:  # pieces only share the work out: one per thread
+            cuts = set(range(lo, hi, max(self.piece_rows, -(-(hi - lo) // self.threads))))
+        cuts = sorted(cuts)
+        return [(s, a, b) for a, b in zip(cuts, [*cuts[1:], hi], strict=True)]
+
+    def read_runs(
+        self, starts: np.ndarray, length: int, out: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``length`` consecutive rows from each of ``starts``, sorted by start.
+
+        Returns ``X: (r * length, d)``, ``y: (r * length, 1)`` and ``rank: (r,)``
+        with rows ``starts[j] .. starts[j] + length - 1`` at ``X[rank[j] * length:]``.
+        ``order="runs"`` reads its blocks so: a shard's runs are one gather of
+        ``(length, d)`` slabs (a view of the shard cut into runs), not 65,536
+        single rows, and no sort of them; a run across a shard's end (or, when
+        pages are handed back, every run) is copied on its own.
+        """
+        starts = np.asarray(starts, np.int64).reshape(-1)
+        order = np.argsort(starts)
+        rank = np.empty(starts.size, np.int64)
+        rank[order] = np.arange(starts.size)
+        first = starts[order]
+        m = starts.size * length
+        X, y = out if out is not None else self.read_buffers(m)
+        X, y = X[:m], y[:m]
+        offsets = self.data.offsets
+        shard = np.searchsorted(offsets, first, side="right") - 1
+        alone = np.ones(starts.size, bool)  # runs copied one by one
+        if not self.release_each_read:
+            inside = first + length <= offsets[shard + 1]
+            for s in np.unique(shard[inside]).tolist():
+                js = np.flatnonzero(inside & (shard == s))  # consecutive: sorted by start
+                local = first[js] - offsets[s]
+                phase = local[0] % length
+                if js[-1] - js[0] + 1 != js.size or np.any(local % length != phase):
+                    continue
+                slabs = (self.data.shards[s].num_examples - phase) // length
+                lo, hi = js[0] * length, (js[-1] + 1) * length
+                ids = (local - phase) // length
+                X_s = self.X[s][phase : phase + slabs * length]
+                y_s = self.y[s][phase : phase + slabs * length]
+                np.take(
+                    X_s.reshape(slabs, length, -1),
+                    ids,
+                    axis=0,
+                    out=X[lo:hi].reshape(js.size, length, -1),
+                )
+                np.take(
+                    y_s.reshape(slabs, length),
+                    ids,
+                    axis=0,
+                    out=y[lo:hi, 0].reshape(js.size, length),
+                )
+                alone[js] = False
+        bounds = offsets.tolist()
+        for j in np.flatnonzero(alone).tolist():
+            row, at, left = int(first[j]), j * length, length
+            s = int(shard[j])
+            while left:  # a run may go on into the next shard(s)
+                a = row - bounds[s]
+                take = min(left, bounds[s + 1] - row)
+                X[at : at + take] = self.X[s][a : a + take]
+                y[at : at + take, 0] = self.y[s][a : a + take]
+                if self.release_each_read:
+                    self._release_rows(s, a, a + take - 1)
+                row, at, left, s = row + take, at + take, left - take, s + 1
+        if self.release_each_read:  # what the faults mapped beyond each run
+            self.release()
+        return X, y, rank
+
+    def _run(self, pieces: list, copy: Callable) -> None:
+        """``copy(piece)`` for every piece, on the reader's threads; a piece's error is raised."""
         if self.threads > 1 and len(pieces) > 1:
             if self._pool is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -388,27 +481,6 @@ class ShardReader:
         else:
             for piece in pieces:
                 copy(piece)
-        if self.release_each_read:  # what fault-around mapped between and around pieces
-            self.release([s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]])
-        return X, y, where
-
-    def _pieces(self, s: int, sidx: np.ndarray, bounds: np.ndarray) -> list[tuple[int, int, int]]:
-        """Shard ``s``'s part of a sorted read as ``(s, lo, hi)`` pieces of ``sidx``.
-
-        At most ``piece_rows`` rows each and, when pages are handed back after
-        each piece, within one ``piece_bytes`` window of the file.
-        """
-        lo, hi = int(bounds[s]), int(bounds[s + 1])
-        if hi == lo:
-            return []
-        cuts = set(range(lo, hi, self.piece_rows))
-        if self.release_each_read:
-            window = max(1, self.piece_bytes // self.X[s].strides[0])
-            first, last = sidx[lo] - self.data.offsets[s], sidx[hi - 1] - self.data.offsets[s]
-            edges = np.arange((first // window + 1) * window, last + 1, window)
-            cuts.update(np.searchsorted(sidx, edges + self.data.offsets[s]).tolist())
-        cuts = sorted(cuts)
-        return [(s, a, b) for a, b in zip(cuts, [*cuts[1:], hi], strict=True)]
 
     def read_buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """Empty 64-byte aligned ``X: (rows, d)``, ``y: (rows, 1)`` for ``read_sorted``."""
@@ -456,6 +528,18 @@ def read_rows(data: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 ORDERS = ("exact", "runs")  # fit's permutation, or permute_runs (reads in runs)
 RUN_LENGTH = 64  # examples per run of the "runs" order
 RUNS_PER_BLOCK = 1024  # its blocks: 65,536 examples
+
+
+def _full_run_block(n: int, block: tuple[int, int, int]) -> bool:
+    """Whether a block of positions is exactly one block of ``RUNS_PER_BLOCK`` full runs.
+
+    Position ``i * RUNS_PER_BLOCK + g`` of such a block is row ``i`` of its run
+    ``g`` (``permute_runs``), so it can be read as whole runs.
+    """
+    start, k, b = block
+    size = RUN_LENGTH * RUNS_PER_BLOCK
+    full_blocks = n // RUN_LENGTH // RUNS_PER_BLOCK
+    return k * b == size and start % size == 0 and start // size < full_blocks
 
 
 @functools.partial(jax.jit, static_argnames=("size", "n", "order"))
@@ -647,7 +731,7 @@ def fit_stream(
 
     def dispatch(count: int) -> None:
         for ekey, block in itertools.islice(upcoming, count):
-            indices.put(_block_indices(ekey, n, block, order))
+            indices.put((block, _block_indices(ekey, n, block, order)))
 
     # Blocks are read into a ring of buffers, reused once the steps that read
     # them are done (``done`` gets each block's losses, in order): fresh
@@ -661,11 +745,17 @@ def fit_stream(
                 if (used := done.get()) is None:
                     return
                 used.block_until_ready()
-            if (idx := indices.get()) is None:
+            if (item := indices.get()) is None:
                 return
-            idx = np.asarray(idx)
-            X, y, where = reader.read_sorted(idx, ring[i % len(ring)])
-            yield jax.device_put((X, y, where.reshape(idx.shape)))
+            block, idx = item[0], np.asarray(item[1])
+            if order == "runs" and _full_run_block(n, block):  # RUNS_PER_BLOCK whole runs
+                X, y, rank = reader.read_runs(
+                    idx.reshape(-1)[:RUNS_PER_BLOCK], RUN_LENGTH, ring[i % len(ring)]
+                )
+                where = rank * RUN_LENGTH + np.arange(RUN_LENGTH)[:, None]  # position i * G + g
+            else:
+                X, y, where = reader.read_sorted(idx, ring[i % len(ring)])
+            yield jax.device_put((X, y, where.reshape(idx.shape).astype(np.int32)))
 
     dispatch(prefetch + 2)
     read = _prefetch(blocks(), prefetch)  # across epochs: no refill at each epoch's start

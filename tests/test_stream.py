@@ -276,3 +276,38 @@ def test_unknown_order_is_refused(shards, key):
     with pytest.raises(ValueError, match="order must be one of"):
         stream.fit_stream(jaxlin.init_params(key, shards.num_features), shards, key=key,
                           order="random")  # fmt: skip
+
+
+@pytest.mark.parametrize("budget", [1 << 40, 0])
+def test_read_runs_gives_the_rows_of_each_run(shards, key, budget):
+    """Whole runs, some across shard ends (rows 0-334 | 335-668 | 669-1002), by start.
+
+    Shard 0: 0, 64, 128 one gather, 300 and 330 across its end; shard 1: 400
+    and 437 at different phases of 64 (copied one by one), 640 across its end.
+    """
+    reader = stream.ShardReader(shards, budget_bytes=budget, threads=2)
+    starts = np.array([500, 0, 300, 640, 330, 939, 128, 64, 400, 437])
+    X, y, rank = reader.read_runs(starts, 64)
+    assert sorted(rank.tolist()) == list(range(starts.size))
+    for j, start in enumerate(starts):
+        want_X, want_y = stream.read_rows(shards, np.arange(start, start + 64))
+        np.testing.assert_array_equal(X[rank[j] * 64 : (rank[j] + 1) * 64], want_X)
+        np.testing.assert_array_equal(y[rank[j] * 64 : (rank[j] + 1) * 64], want_y)
+    assert rank.tolist() == np.argsort(np.argsort(starts)).tolist()  # sorted by start
+
+
+def test_runs_order_reads_whole_runs_with_the_same_result(tmp_path, key, monkeypatch):
+    """Full run-blocks read as slices give the batches of the generic sorted read."""
+    n = 2 * stream.RUN_LENGTH * stream.RUNS_PER_BLOCK + 1000  # two full run-blocks and a rest
+    ds = stream.generate_shards(key, tmp_path / "runs", n, d=2, shards=3)
+    assert stream._full_run_block(n, (0, 256, 256)) and not stream._full_run_block(
+        n, (2 * 65536, 3, 256)
+    )
+    p0 = jaxlin.init_params(key, 2)
+    kw = dict(lr=0.01, max_epochs=2, batch_size=256, key=key, order="runs")
+    fast, h_fast = stream.fit_stream(p0, ds, **kw)
+    monkeypatch.setattr(stream, "_full_run_block", lambda n, block: False)
+    slow, h_slow = stream.fit_stream(p0, ds, **kw)
+    np.testing.assert_array_equal(h_fast.train_loss, h_slow.train_loss)
+    for k in fast:
+        np.testing.assert_array_equal(fast[k], slow[k])
