@@ -291,9 +291,9 @@ def _argsort(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Each key is ``index << 32 | position``: sorting the keys sorts the indices
     (ties by position, as a stable argsort) and carries the positions along,
-    about 3x faster than ``np.argsort`` on a block of 65,536.
+    about 2x faster than ``np.argsort`` on a block of 65,536.
     """
-    keys = np.sort((idx << 32) | np.arange(idx.size, dtype=np.int64))
+    keys = np.sort((idx.astype(np.int64) << 32) | np.arange(idx.size, dtype=np.int64))
     return keys & 0xFFFFFFFF, keys >> 32
 
 

@@ -311,3 +311,12 @@ def test_runs_order_reads_whole_runs_with_the_same_result(tmp_path, key, monkeyp
     np.testing.assert_array_equal(h_fast.train_loss, h_slow.train_loss)
     for k in fast:
         np.testing.assert_array_equal(fast[k], slow[k])
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_packed_argsort_is_a_stable_argsort(dtype):
+    idx = np.random.default_rng(0).integers(0, 2**31 - 1, 5000).astype(dtype)
+    idx[::7] = idx[3]  # ties keep their positions' order
+    order, sidx = stream._argsort(idx)
+    np.testing.assert_array_equal(order, np.argsort(idx, kind="stable"))
+    np.testing.assert_array_equal(sidx, np.sort(idx))
