@@ -1,9 +1,11 @@
 """Streaming from disk vs the in-memory compiled engine: peak RSS and throughput.
 
 Each measurement runs in a fresh subprocess that reports its own peak RSS
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, from the OS) and the median
-time of its epochs after the first (steady state: compilation and the first,
-cold-cache epoch are excluded; on a shared machine one epoch is noisy).
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``, from the OS) and its epoch
+times. A mode's throughput is over the median of its epochs after the first
+(compilation and the cold-cache first epoch excluded) across ``--rounds``
+runs, the modes taking turns: on a shared machine one epoch, or one run, is
+noisy (the in-memory engine's epoch alone has measured 0.16-0.28 s).
 Streaming runs twice: ``order="exact"`` (``fit``'s shuffle) and ``order="runs"``
 (``jaxlin.shuffle.permute_runs``). The data is generated once
 with ``jaxlin generate`` into ``--dir``.
@@ -22,6 +24,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +74,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--dir", type=Path, default=Path("/tmp/jaxlin-bench-stream"))
     p.add_argument("--memory", action="store_true", help="also run the in-memory engine")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each mode, taking turns")
     p.add_argument("--keep", action="store_true", help="keep the generated data")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/stream.json")
     a = p.parse_args()
@@ -82,17 +87,27 @@ def main() -> None:
     gen_s = time.perf_counter() - start
     size = sum(f.stat().st_size for f in a.dir.glob("*.npy"))
     print(gen.stdout.strip())
-    runs = [json.loads(child("-c", CHILD, "stream", str(a.dir), str(a.batch_size),
-                             str(a.epochs), order).stdout.splitlines()[-1])
-            for order in ("exact", "runs")]  # fmt: skip
-    if a.memory:
-        runs.append(json.loads(child("-c", CHILD, "memory", str(a.dir), str(a.batch_size),
-                                     str(a.epochs)).stdout.splitlines()[-1]))  # fmt: skip
+    modes = [("stream", "exact"), ("stream", "runs")] + [("memory", "exact")] * a.memory
+    rounds = []  # the modes take turns, round after round: drifts on the machine hit all alike
+    for _ in range(a.rounds):
+        rounds += [json.loads(child("-c", CHILD, mode, str(a.dir), str(a.batch_size),
+                                    str(a.epochs), order).stdout.splitlines()[-1])
+                   for mode, order in modes]  # fmt: skip
+    runs = []
+    for name in dict.fromkeys(r["mode"] for r in rounds):
+        mine = [r for r in rounds if r["mode"] == name]
+        steady = [t for r in mine for t in r["epoch_s"][1:]]
+        runs.append(dict(
+            mode=name, epoch_s=[r["epoch_s"] for r in mine],
+            last_loss=mine[-1]["last_loss"], steady_epoch_median_s=float(np.median(steady)),
+            examples_per_s=a.num_examples / float(np.median(steady)),
+            peak_rss_mib=max(r["peak_rss_mib"] for r in mine),
+        ))  # fmt: skip
     import jax
 
     result = dict(
         num_examples=a.num_examples, d=a.d, shards=a.shards, batch_size=a.batch_size,
-        epochs=a.epochs, data_bytes=size, generate_s=gen_s,
+        epochs=a.epochs, rounds=a.rounds, data_bytes=size, generate_s=gen_s,
         generate_peak_rss_mib=float(gen.stdout.strip().splitlines()[-1]), runs=runs,
         jax_version=jax.__version__, backend="cpu", cpus=os.cpu_count(),
     )  # fmt: skip
@@ -104,8 +119,9 @@ def main() -> None:
     print(f"data: {a.num_examples} x {a.d} float32 = {size / 2**30:.2f} GiB, generated in "
           f"{gen_s:.0f} s (peak RSS {result['generate_peak_rss_mib']:.0f} MiB)")  # fmt: skip
     for r in runs:
-        print(f"{r['mode']:>12}: {r['examples_per_s'] / 1e6:6.2f} M examples/s (epochs "
-              f"{', '.join(f'{t:.2f}' for t in r['epoch_s'])} s), "
+        print(f"{r['mode']:>12}: {r['examples_per_s'] / 1e6:6.2f} M examples/s (median epoch "
+              f"{r['steady_epoch_median_s']:.3f} s of "
+              f"{'; '.join(', '.join(f'{t:.2f}' for t in e) for e in r['epoch_s'])}), "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB")  # fmt: skip
     for r in runs[:2] if a.memory else []:
         ratio = result[f"{r['mode']}_over_memory_throughput"]

@@ -15,26 +15,32 @@ that lives on disk. Here:
   a block at a time with ``permute_indices``: no ``n``-sized array is ever
   made. A block is ``block_batches`` consecutive minibatches of that order.
   Its rows are read sorted (each shard front to back, so the reads move
-  forward through the file) and put back into permutation order in memory,
-  so the batches, and the result, are those of ``fit`` on the same data and
-  key. Reading sorted costs a sort of the block's indices; reading unsorted
-  would seek back and forth. A background thread reads and ``device_put``s
-  the next blocks while the device trains on the current one (double
-  buffering), and every block is a jitted ``lax.scan`` over its minibatches.
+  forward through the file) into contiguous memory, and each minibatch is
+  gathered from it on the device through the read's positions, so the
+  batches, and the result, are those of ``fit`` on the same data and key.
+  A background thread reads the next blocks while the device trains on the
+  current one; the training thread dispatches the index blocks a few blocks
+  ahead (the device runs programs in order: asked for by the reader, an index
+  block would wait behind every queued SGD block). Blocks go into a ring of
+  64-byte aligned buffers, reused once the steps that read them are done:
+  ``jax.device_put`` takes them without a copy on the CPU, and no fresh page
+  is faulted in per block.
 
 Every example is used exactly once per epoch (a permutation; tested by
 counting), and peak memory is the prefetch buffers (``prefetch + 2`` blocks),
 not the data: once the dataset is larger than ``ShardReader``'s budget
 (1 GiB), mapped shard pages are handed back to the kernel as soon as each
-piece of a read is copied. Pieces are copied by a few threads at once.
+piece of a read is copied.
 
-``fit``'s order costs a random read, and so a page fault, per row. With
-``order="runs"`` the shuffle is ``jaxlin.shuffle.permute_runs`` instead:
-shuffled runs of 64 consecutive examples, read across, so a block of 1,024
-runs is 1,024 stretches of the files (a read straddles two such blocks when
-the batch size does not divide 65,536) and a minibatch draws from distinct
-runs (but in the epoch's last block). 1.4-2.6x the throughput of ``fit``'s
-order in ``benchmarks/bench_stream.py``; a coarser shuffle than ``fit``'s.
+``fit``'s order costs a random read, and so a page fault (or at best a TLB
+miss), per row. With ``order="runs"`` the shuffle is
+``jaxlin.shuffle.permute_runs`` instead: shuffled runs of 64 consecutive
+examples, read across, so a block of 1,024 runs is 1,024 stretches of the
+files, read per shard as one gather of ``(64, d)`` slabs (a block straddles
+two such blocks when the batch size does not divide 65,536, and is then read
+row by row), and a minibatch draws from distinct runs (but in the epoch's
+last block). A coarser shuffle than ``fit``'s, at about 1.7x its streaming
+throughput (``benchmarks/bench_stream.py``).
 """
 
 from __future__ import annotations
@@ -300,10 +306,10 @@ def _argsort(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class ShardReader:
     """Reads rows from a dataset's shards through memory maps kept open between reads.
 
-    A read is cut into pieces of at most ``piece_rows`` sorted rows of one shard,
-    copied by ``threads`` threads: numpy's fancy indexing releases the GIL, so
-    the page faults of a random read (one per row, the cost of reading from
-    the page cache through a mapping) are taken on every core at once.
+    A read is cut into pieces of sorted rows of one shard, copied by
+    ``threads`` threads (``np.take`` releases the GIL), so the page faults of
+    a random read (one per row, the cost of reading from the page cache
+    through a mapping) are taken on every core at once.
 
     Pages of a file mapping count in the process's resident memory. While the
     dataset is at most ``budget_bytes`` they stay mapped (every page is read
