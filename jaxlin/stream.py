@@ -39,7 +39,7 @@ examples, read across, so a block of 1,024 runs is 1,024 stretches of the
 files, read per shard as one gather of ``(64, d)`` slabs (a block straddles
 two such blocks when the batch size does not divide 65,536, and is then read
 row by row), and a minibatch draws from distinct runs (but in the epoch's
-last block). A coarser shuffle than ``fit``'s, at about 1.7x its streaming
+last block). A coarser shuffle than ``fit``'s, at 1.6-2.1x its streaming
 throughput (``benchmarks/bench_stream.py``).
 """
 
@@ -680,7 +680,7 @@ def fit_stream(
         (each row a random read: a page fault per row); ``"runs"``:
         ``jaxlin.shuffle.permute_runs``, shuffled runs of 64 consecutive
         examples read across (a minibatch from distinct runs, but for the
-        epoch's last block), 1.4-2.6x the throughput of ``"exact"`` in
+        epoch's last block), 1.6-2.1x the throughput of ``"exact"`` in
         ``benchmarks/bench_stream.py``, a different (coarser) shuffle.
 
     Returns:
