@@ -128,3 +128,26 @@ def test_messages_name_the_flags_the_user_typed(capsys):
     assert main(["train", *SMALL, "--lr", "50", "--epochs", "5"]) == 1
     err = capsys.readouterr().err
     assert "set --clip" in err and "gradient_clip_val" not in err
+
+
+@pytest.mark.parametrize("argv", [[], ["--w", "1.5,-0.5,2", "--b", "0.3", "--seed", "7"]])
+def test_cli_draws_the_libraries_data_bit_for_bit(argv):
+    """The CLI's one-program setup (compiled at -O1) draws the Python API's data, bit for bit."""
+    import jax
+
+    import jaxlin
+    from jaxlin.cli import build_parser
+    from jaxlin.cli.train import setup
+
+    args = build_parser().parse_args(["train", *argv])
+    data, params, key_shuffle = setup(args)
+    key_data, key_init, key_ref = jax.random.split(jax.random.key(args.seed), 3)
+    ref = jaxlin.synthetic_splits(
+        key_data, args.w, args.b, num_train=args.num_train, num_val=args.num_val, noise=args.noise
+    )
+    for got, want in zip(jax.tree.leaves(data), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(got, want)
+    ref_params = jaxlin.init_params(key_init, len(args.w), sigma=args.sigma)
+    for k in ref_params:  # N(0, 1) * sigma fused in one program: the last bit may round apart
+        np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-6)
+    np.testing.assert_array_equal(jax.random.key_data(key_shuffle), jax.random.key_data(key_ref))
