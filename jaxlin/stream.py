@@ -754,7 +754,9 @@ def fit_stream(
             if (item := indices.get()) is None:
                 return
             block, idx = item[0], np.asarray(item[1])
-            if order == "runs" and _full_run_block(n, block):  # RUNS_PER_BLOCK whole runs
+            if (
+                key is not None and order == "runs" and _full_run_block(n, block)
+            ):  # RUNS_PER_BLOCK whole runs
                 X, y, rank = reader.read_runs(
                     idx.reshape(-1)[:RUNS_PER_BLOCK], RUN_LENGTH, ring[i % len(ring)]
                 )

@@ -320,3 +320,17 @@ def test_packed_argsort_is_a_stable_argsort(dtype):
     order, sidx = stream._argsort(idx)
     np.testing.assert_array_equal(order, np.argsort(idx, kind="stable"))
     np.testing.assert_array_equal(sidx, np.sort(idx))
+
+
+def test_runs_order_without_shuffle_reads_in_order(tmp_path, key):
+    """shuffle=False reads rows in order whatever the order flag: fit's unshuffled run."""
+    n = stream.RUN_LENGTH * stream.RUNS_PER_BLOCK + 300  # a full run-block, then a rest
+    ds = stream.generate_shards(key, tmp_path / "plain", n, d=2, shards=2)
+    X, y = load_all(ds)
+    p0 = jaxlin.init_params(key, 2)
+    kw = dict(lr=0.01, max_epochs=1, batch_size=256, shuffle=False)
+    ref, h_ref = jaxlin.fit(p0, (X, y), **kw)
+    got, h = stream.fit_stream(p0, ds, order="runs", **kw)
+    np.testing.assert_array_equal(h.train_loss, h_ref.train_loss)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
