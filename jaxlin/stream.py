@@ -745,6 +745,8 @@ def fit_stream(
     ring = [reader.read_buffers(block_batches * batch_size) for _ in range(prefetch + 2)]
     done: queue.SimpleQueue = queue.SimpleQueue()
 
+    whole_runs = key is not None and order == "runs"  # unshuffled, the indices are in order
+
     def blocks():  # in the reader thread; None ends it
         for i in itertools.count():
             if i >= len(ring):  # wait until the steps on this buffer's last block are over
@@ -754,9 +756,7 @@ def fit_stream(
             if (item := indices.get()) is None:
                 return
             block, idx = item[0], np.asarray(item[1])
-            if (
-                key is not None and order == "runs" and _full_run_block(n, block)
-            ):  # RUNS_PER_BLOCK whole runs
+            if whole_runs and _full_run_block(n, block):  # RUNS_PER_BLOCK shuffled runs
                 X, y, rank = reader.read_runs(
                     idx.reshape(-1)[:RUNS_PER_BLOCK], RUN_LENGTH, ring[i % len(ring)]
                 )
