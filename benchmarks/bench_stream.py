@@ -78,6 +78,8 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the generated data")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/stream.json")
     a = p.parse_args()
+    if a.epochs < 2:
+        p.error("--epochs must be >= 2: the first epoch (compile, cold cache) is not timed")
 
     start = time.perf_counter()
     gen = child("-c", "import resource, sys; from jaxlin.cli import main; rc = main(sys.argv[1:]);"

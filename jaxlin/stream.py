@@ -17,7 +17,10 @@ that lives on disk. Here:
   Its rows are read sorted (each shard front to back, so the reads move
   forward through the file) into contiguous memory, and each minibatch is
   gathered from it on the device through the read's positions, so the
-  batches, and the result, are those of ``fit`` on the same data and key.
+  batches are those of ``fit`` on the same data and key, and so is the result:
+  bit for bit in the configurations tested, to float rounding in general (the
+  block programs are other XLA programs than ``fit``'s epoch, and for some
+  batch sizes a step's last bit rounds apart, as between ``fit``'s own engines).
   A background thread reads the next blocks while the device trains on the
   current one; the training thread dispatches the index blocks a few blocks
   ahead (the device runs programs in order: asked for by the reader, an index
@@ -367,6 +370,9 @@ class ShardReader:
         idx = np.asarray(idx, np.int64).reshape(-1)
         m = idx.size
         order, sidx = _argsort(idx)
+        if m and (sidx[0] < 0 or sidx[-1] >= self.data.num_examples):
+            bad = sidx[0] if sidx[0] < 0 else sidx[-1]
+            raise IndexError(f"idx: row {bad} is outside [0, {self.data.num_examples})")
         where = np.empty(m, np.int32)
         where[order] = np.arange(m, dtype=np.int32)
         offsets = self.data.offsets
@@ -424,6 +430,12 @@ class ShardReader:
         pages are handed back, every run) is copied on its own.
         """
         starts = np.asarray(starts, np.int64).reshape(-1)
+        length = checks.positive_int("length", length)
+        if starts.size and (starts.min() < 0 or starts.max() + length > self.data.num_examples):
+            raise IndexError(
+                f"starts: runs of {length} rows from {starts.min()} to {starts.max()} "
+                f"do not fit in [0, {self.data.num_examples})"
+            )
         order = np.argsort(starts)
         rank = np.empty(starts.size, np.int64)
         rank[order] = np.arange(starts.size)
@@ -666,7 +678,7 @@ def fit_stream(
     callback: Callable[[EpochEnd], None] | None = None,
     order: str = "exact",
 ) -> tuple[Params, History]:
-    """``jaxlin.fit`` on a folder of shards, streamed: the same batches, the same result.
+    """``jaxlin.fit`` on a folder of shards, streamed: the same batches, ``fit``'s result.
 
     Args:
       params, val, lr, max_epochs, batch_size, key, shuffle, gradient_clip_val,
@@ -676,8 +688,8 @@ def fit_stream(
       block_batches: minibatches per block read from disk (default: about
         65,536 examples per block).
       prefetch: blocks read ahead by the background thread (>= 1).
-      order: ``"exact"``: ``fit``'s permutation, so the result is ``fit``'s
-        (each row a random read: a page fault per row); ``"runs"``:
+      order: ``"exact"``: ``fit``'s permutation, so the result is ``fit``'s, to
+        rounding (each row a random read); ``"runs"``:
         ``jaxlin.shuffle.permute_runs``, shuffled runs of 64 consecutive
         examples read across (a minibatch from distinct runs, but for the
         epoch's last block), 1.6-2.1x the throughput of ``"exact"`` in
@@ -742,7 +754,8 @@ def fit_stream(
     # Blocks are read into a ring of buffers, reused once the steps that read
     # them are done (``done`` gets each block's losses, in order): fresh
     # buffers would cost a page fault per 4 KiB, as much as reading the rows.
-    ring = [reader.read_buffers(block_batches * batch_size) for _ in range(prefetch + 2)]
+    rows = max(k * b for _, k, b in plan)  # the largest block (block_batches may exceed n)
+    ring = [reader.read_buffers(rows) for _ in range(prefetch + 2)]
     done: queue.SimpleQueue = queue.SimpleQueue()
 
     whole_runs = key is not None and order == "runs"  # unshuffled, the indices are in order

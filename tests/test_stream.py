@@ -334,3 +334,40 @@ def test_runs_order_without_shuffle_reads_in_order(tmp_path, key):
     np.testing.assert_array_equal(h.train_loss, h_ref.train_loss)
     for k in ref:
         np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_reads_outside_the_data_are_refused(shards):
+    reader = stream.ShardReader(shards)
+    with pytest.raises(IndexError, match=r"row 1003 is outside \[0, 1003\)"):
+        reader.read_sorted(np.array([5, 1003]))
+    with pytest.raises(IndexError, match="row -1"):
+        stream.read_rows(shards, np.array([-1, 2]))
+    with pytest.raises(IndexError, match="do not fit"):
+        reader.read_runs(np.array([0, 1000]), 64)
+
+
+def test_huge_block_batches_reads_only_what_the_epoch_has(shards, key):
+    """block_batches far above the epoch: one block, buffers sized by it (not 10**8 batches)."""
+    p0 = jaxlin.init_params(key, 3)
+    ref, _ = stream.fit_stream(p0, shards, key=key, max_epochs=1)
+    got, _ = stream.fit_stream(p0, shards, key=key, max_epochs=1, block_batches=10**8)
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+
+
+@pytest.mark.parametrize("batch_size", [3, 7])
+def test_fit_stream_equals_fit_to_rounding_for_any_batch_size(shards, key, batch_size):
+    """Small odd batches: the same batches, and fit's result to float32 rounding.
+
+    Block programs and fit's epoch are different XLA programs: for some batch
+    sizes a step's last bit rounds apart (as it does between fit's own scan
+    and step engines), so this compares to 1e-6 rather than bit for bit.
+    """
+    X, y = load_all(shards)
+    p0 = jaxlin.init_params(key, 3)
+    kw = dict(lr=0.01, max_epochs=2, batch_size=batch_size, key=jax.random.key(1))
+    ref, h_ref = jaxlin.fit(p0, (X, y), **kw)
+    got, h = stream.fit_stream(p0, shards.root, block_batches=5, **kw)
+    np.testing.assert_allclose(h.train_loss, h_ref.train_loss, rtol=1e-5, atol=1e-7)
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, atol=1e-7)
