@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from jaxlin import checks
+from jaxlin import checks, compiler
 from jaxlin.model import Params
 from jaxlin.train import EpochEnd, History, _check_finite, run_epochs
 
@@ -114,7 +114,7 @@ class ShardBatch:
         return jax.lax.with_sharding_constraint(batch, self.sharding)
 
 
-_dp_epochs = jax.jit(
+_dp_epochs = compiler.jit(
     run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "constrain")
 )
 

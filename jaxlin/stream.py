@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin import checks
+from jaxlin import checks, compiler
 from jaxlin.data import SEED_B, SEED_W, synthetic_data
 from jaxlin.model import Params, loss_fn
 from jaxlin.shuffle import epoch_key, permute_indices, permute_runs
@@ -646,7 +646,7 @@ def _prefetch(make: Iterator, depth: int) -> Iterator:
         thread.join(timeout=5)
 
 
-@jax.jit
+@compiler.jit
 def _scan_block(params, X, y, where, lr, clip):
     """Minibatch SGD over a block read sorted; ``(params, (k,) losses)``.
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxlin import checks
+from jaxlin import checks, compiler
 from jaxlin.model import NARROW, Params, init_params
 from jaxlin.shuffle import epoch_key, padded_permutation
 from jaxlin.train import TrainingDiverged
@@ -191,7 +191,7 @@ def _grid(
     return out, losses if per_step else losses.mean(axis=-1), val_losses, test_loss, ~finite
 
 
-_compiled_grid = jax.jit(
+_compiled_grid = compiler.jit(
     _grid, static_argnames=("batch_size", "shuffle", "num_epochs", "sigma", "per_step")
 )
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxlin import checks
+from jaxlin import checks, compiler
 from jaxlin.affine import affine_epoch
 from jaxlin.data import minibatches
 from jaxlin.model import Params, loss_fn
@@ -211,7 +211,7 @@ def run_epochs(
     return params, (losses, val_losses)
 
 
-_scan_epochs = jax.jit(
+_scan_epochs = compiler.jit(
     run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "affine")
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -309,16 +310,16 @@ def setup(args):
     Drawn op by op, the keys, the data and the initial weights are a dozen small
     compiles (~0.5 s of a cold ``jaxlin train``); jitted together, one.
     """
-    from functools import partial
-
     import jax
 
     import jaxlin
+    from jaxlin import compiler
 
-    # LLVM at -O1: the same bits as the default -O2 (tested), and a quarter less
-    # to compile: the normal sampler's code is large (0.62 -> 0.48 s here). -O0
-    # halves the compile but changes the draws in the last bit.
-    @partial(jax.jit, compiler_options={"xla_backend_optimization_level": 1})
+    # LLVM at -O1 and jaxlin's compiler options: the same data bits as the
+    # defaults (tested against synthetic_splits), and about half the compile:
+    # the normal sampler's code is large (0.46 -> 0.26 s here). -O0 changes
+    # the draws in the last bit.
+    @functools.partial(compiler.jit, extra={"xla_backend_optimization_level": 1})
     def draw(seed_key):
         key_data, key_init, key_shuffle = jax.random.split(seed_key, 3)
         data = jaxlin.synthetic_splits(
