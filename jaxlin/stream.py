@@ -389,19 +389,23 @@ class ShardReader:
                 self._release_rows(s, local[0], local[-1])
 
         pieces = [
-            piece for s in range(len(self.data.shards)) for piece in self._pieces(s, sidx, bounds)
+            piece
+            for s in range(len(self.data.shards))
+            for piece in self._pieces(s, sidx, bounds, offsets)
         ]
         self._run(pieces, copy)
         if self.release_each_read:  # what fault-around mapped between and around pieces
             self.release([s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]])
         return X, y, where
 
-    def _pieces(self, s: int, sidx: np.ndarray, bounds: np.ndarray) -> list[tuple[int, int, int]]:
+    def _pieces(self, s: int, sidx, bounds, offsets) -> list[tuple[int, int, int]]:
         """Shard ``s``'s part of a sorted read as ``(s, lo, hi)`` pieces of ``sidx``.
 
-        When pages are handed back after each piece: at most ``piece_rows``
-        rows each, within one ``piece_bytes`` window of the file. Otherwise
-        one per thread (at least ``piece_rows`` rows): fewer, larger copies.
+        ``bounds``: where each shard starts in ``sidx``; ``offsets``: the
+        dataset's (a property that builds its array on each access). When
+        pages are handed back after each piece: at most ``piece_rows`` rows
+        each, within one ``piece_bytes`` window of the file. Otherwise one per
+        thread (at least ``piece_rows`` rows): fewer, larger copies.
         """
         lo, hi = int(bounds[s]), int(bounds[s + 1])
         if hi == lo:
@@ -409,9 +413,9 @@ class ShardReader:
         if self.release_each_read:
             cuts = set(range(lo, hi, self.piece_rows))
             window = max(1, self.piece_bytes // self.X[s].strides[0])
-            first, last = sidx[lo] - self.data.offsets[s], sidx[hi - 1] - self.data.offsets[s]
+            first, last = sidx[lo] - offsets[s], sidx[hi - 1] - offsets[s]
             edges = np.arange((first // window + 1) * window, last + 1, window)
-            cuts.update(np.searchsorted(sidx, edges + self.data.offsets[s]).tolist())
+            cuts.update(np.searchsorted(sidx, edges + offsets[s]).tolist())
         else:  # pieces only share the work out: one per thread
             cuts = set(range(lo, hi, max(self.piece_rows, -(-(hi - lo) // self.threads))))
         cuts = sorted(cuts)

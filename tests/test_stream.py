@@ -230,7 +230,7 @@ def test_reader_releasing_pages_reads_the_same_rows(shards, key, threads, piece_
         order = np.sort(idx)
         bounds = np.searchsorted(order, shards.offsets)
         for s in range(len(shards.shards)):
-            for _, lo, hi in released._pieces(s, order, bounds):
+            for _, lo, hi in released._pieces(s, order, bounds, shards.offsets):
                 local = order[lo:hi] - shards.offsets[s]
                 assert local[0] // 8 == local[-1] // 8 and hi - lo <= piece_rows
     assert not kept.release_each_read and released.release_each_read

@@ -285,7 +285,7 @@ def test_full_batch_shuffled_epochs_compile_for_power_of_two_sizes():
     assert proc.stdout.strip() == "ok"
 
 
-def test_compiler_options_change_no_bits(problem, key):
+def test_compiler_options_change_results_only_by_rounding(problem, key):
     """fit's program built with jaxlin.compiler's options (a quicker compile where
     this XLA has them) gives a plain jax.jit's results, to float32 rounding: the
     older fusion emitters may round a sum's last bit apart."""
