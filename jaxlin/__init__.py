@@ -6,13 +6,26 @@ from jaxlin.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from jaxlin.data import SEED_B, SEED_W, Splits, minibatches, synthetic_data, synthetic_splits
+from jaxlin.config import ENGINES, TrainConfig
+from jaxlin.data import (
+    SEED_B,
+    SEED_W,
+    TRUE_B,
+    TRUE_W,
+    Splits,
+    minibatches,
+    split_batches,
+    synthetic_data,
+    synthetic_splits,
+)
+from jaxlin.engines import make_train, run_epochs
 from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
 from jaxlin.optim import clip_by_global_norm, global_norm, sgd
 from jaxlin.plot import plot_history, plot_sweep, save_history_plot, save_sweep_plot
 from jaxlin.shuffle import epoch_key, permutation, permute_indices
 from jaxlin.sweep import Selection, Summary, SweepResult, config_keys, select, summarize, sweep
-from jaxlin.train import ENGINES, EpochEnd, History, TrainingDiverged, fit, run_epochs, train_step
+from jaxlin.train import train_epoch, train_step
+from jaxlin.trainer import EpochEnd, History, TrainingDiverged, fit
 
 __version__ = "0.1.0"
 
@@ -41,6 +54,9 @@ __all__ = [  # noqa: RUF022 (SGDLinearRegression is lazy: scikit-learn is option
     "ENGINES",
     "SEED_B",
     "SEED_W",
+    "TRUE_B",
+    "TRUE_W",
+    "TrainConfig",
     "EpochEnd",
     "History",
     "Selection",
@@ -57,6 +73,7 @@ __all__ = [  # noqa: RUF022 (SGDLinearRegression is lazy: scikit-learn is option
     "init_params",
     "linreg",
     "loss_fn",
+    "make_train",
     "minibatches",
     "permutation",
     "permute_indices",
@@ -66,11 +83,13 @@ __all__ = [  # noqa: RUF022 (SGDLinearRegression is lazy: scikit-learn is option
     "save_history_plot",
     "save_sweep_plot",
     "select",
+    "split_batches",
     "sgd",
     "squared_loss",
     "summarize",
     "sweep",
     "synthetic_data",
     "synthetic_splits",
+    "train_epoch",
     "train_step",
 ]

@@ -1,7 +1,7 @@
 """Checkpoints: save the state of a run after every epoch, resume it bit for bit.
 
-The seed trains three epochs in a second and never needs this; a long run on
-a shared machine does. Everything a run needs to continue is small: the
+The lecture trains three epochs in a second and never needs this; a long run
+does. Everything a run needs to continue is small: the
 params, the shuffling key, the index of the next epoch, the history so far and
 the config that says which run it is. ``fit`` already continues a run exactly
 from ``start_epoch`` (epoch ``e`` shuffles with ``fold_in(key, e)``), so a
@@ -31,8 +31,9 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxlin import checks
+from jaxlin import config as configs
 from jaxlin.model import Params
-from jaxlin.train import EpochEnd, History, fit
+from jaxlin.trainer import EpochEnd, History, fit
 
 FILENAME = "checkpoint.npz"
 FORMAT_VERSION = 1
@@ -188,7 +189,7 @@ def fit_with_checkpoints(
     resume: bool = False,
     config: dict | None = None,
     key: jax.Array | None = None,
-    max_epochs: int = 3,
+    max_epochs: int | None = None,
     callback: Callable[[EpochEnd], None] | None = None,
     **fit_kwargs,
 ) -> tuple[Params, History]:
@@ -226,21 +227,15 @@ def fit_with_checkpoints(
     directory = Path(checkpoint_dir)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint_dir {directory}: exists and is not a folder")
-    max_epochs = checks.positive_int("max_epochs", max_epochs)
-    num_inputs = checks.params(params)
-    X, y = checks.dataset("train", train, num_inputs)
-    settings = {
-        k: fit_kwargs.get(k, default)
-        for k, default in (
-            ("lr", 0.03),
-            ("batch_size", 32),
-            ("shuffle", True),
-            ("gradient_clip_val", 0.0),
-        )
-    }
+    train_config = configs.make_config(
+        fit_kwargs.pop("config", None), max_epochs=max_epochs,
+        **{k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in configs.FIELDS},
+    )  # fmt: skip
+    max_epochs = train_config.max_epochs
+    _, (X, y), val, _ = configs.training_data(params, train, val, train_config)
     full_config = {
         **_json_config({} if config is None else config),
-        **settings,
+        **train_config.settings(),
         "has_val": val is not None,
         "train_data": _fingerprint(X, y),
     }
@@ -297,7 +292,7 @@ def fit_with_checkpoints(
         (X, y),
         val,
         key=key,
-        max_epochs=max_epochs,
+        config=train_config,
         callback=save_then_call,
         start_epoch=start,
         **fit_kwargs,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,13 @@ def batch_size(value, num_examples: int) -> int:
     return value
 
 
+def boolean(name: str, value) -> bool:
+    """``value`` if it is ``True`` or ``False``; anything else (``1``, ``"yes"``) is refused."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def finite_float(name: str, value, *, positive: bool = False, nonnegative: bool = False) -> float:
     """``value`` as a finite Python float, optionally ``> 0`` or ``>= 0``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -74,7 +82,8 @@ def float_array(name: str, value, *, ndim: tuple[int, ...], finite: bool = True)
     """``value`` as a float32/float64 jax array of one of the ranks ``ndim``.
 
     Integer, boolean, float16 and complex inputs are refused rather than cast:
-    a silent cast hides a data bug. With ``finite``, NaN or Inf is an error.
+    a silent cast hides a data bug. With ``finite``, NaN or Inf is an error
+    that names the first bad row.
     """
     if isinstance(value, (list, tuple)):
         value = np.asarray(value)
@@ -87,17 +96,31 @@ def float_array(name: str, value, *, ndim: tuple[int, ...], finite: bool = True)
         raise ValueError(f"{name} must be {want}, got shape {tuple(value.shape)}")
     if 0 in value.shape:
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
-    if finite and not _all_finite(value):
-        raise ValueError(f"{name} contains NaN or Inf values")
-    return value if isinstance(value, jax.Array) else jnp.asarray(value)  # asarray: ~8 us
+    if isinstance(value, jax.ShapeDtypeStruct):  # data not in memory (on disk): shape only
+        return value
+    array = value if isinstance(value, jax.Array) else jnp.asarray(value)
+    if finite:
+        _check_finite_rows(name, value, array)
+    return array
 
 
-def _all_finite(value) -> bool:
-    """``isfinite(value).all()``, on the host when the data is there (no compile per shape)."""
+# jax arrays already found finite, by id: they are immutable, so once is enough.
+_FINITE: dict[int, weakref.ref] = {}
+
+
+def _check_finite_rows(name: str, value, array: jax.Array) -> None:
+    """Refuse NaN or Inf in ``value``, naming the first bad row; each jax array is read once."""
+    known = _FINITE.get(id(array))
+    if known is not None and known() is array:
+        return
     on_host = not isinstance(value, jax.Array) or all(d.platform == "cpu" for d in value.devices())
-    if on_host:
-        return bool(np.isfinite(np.asarray(value)).all())
-    return bool(jnp.isfinite(value).all())
+    ok = np.isfinite(np.asarray(value)) if on_host else np.asarray(jnp.isfinite(value))
+    if not ok.all():
+        row = int(np.argwhere(~ok)[0][0])
+        raise ValueError(f"{name} contains NaN or Inf values (first at row {row})")
+    if isinstance(array, jax.Array) and array is value:
+        key = id(array)
+        _FINITE[key] = weakref.ref(array, lambda _, key=key: _FINITE.pop(key, None))
 
 
 def dataset(
@@ -151,3 +174,36 @@ def params(value) -> int:
     if tuple(b.shape) != (1,):
         raise ValueError(f"params['b'] must have shape (1,), got {tuple(b.shape)}")
     return int(w.shape[0])
+
+
+def true_params(w, b) -> tuple[jax.Array, jax.Array]:
+    """The true ``w`` (1-D, ``d >= 1``) and scalar ``b`` of a synthetic problem, as arrays."""
+    try:  # JAX's default float: float32, or float64 when the user enabled x64 mode.
+        w_host = np.asarray(w, dtype=jnp.result_type(float))
+    except (TypeError, ValueError):
+        raise TypeError(f"w must be a 1-D sequence of numbers, got {w!r:.60}") from None
+    w = float_array("w", w_host, ndim=(1,))
+    if np.ndim(b) != 0:
+        raise ValueError(f"b must be a scalar, got shape {np.shape(b)}")
+    b = finite_float("b", b.item() if hasattr(b, "item") else b)
+    return w, jnp.asarray(b, w.dtype)
+
+
+def loader_data(X, y) -> tuple[jax.Array, jax.Array]:
+    """``X: (n, d)`` and ``y: (n,)`` or ``(n, 1)`` for the minibatch iterator (NaN allowed)."""
+    if not hasattr(X, "shape") or len(X.shape) != 2:
+        raise ValueError(f"X must be 2-D (n, d), got {getattr(X, 'shape', type(X).__name__)}")
+    X = float_array("X", X, ndim=(2,), finite=False)
+    if hasattr(y, "shape"):
+        y = float_array("y", y, ndim=(1, 2), finite=False)
+    if not hasattr(y, "shape") or len(y.shape) not in (1, 2) or y.shape[0] != X.shape[0]:
+        raise ValueError(
+            f"y must have shape (n,) or (n, 1) with n = {X.shape[0]} (X's rows), "
+            f"got {getattr(y, 'shape', type(y).__name__)}"
+        )
+    return X, y
+
+
+def is_traced(value) -> bool:
+    """Whether ``value`` is a tracer: an argument inside ``jax.jit``, ``vmap`` or ``grad``."""
+    return isinstance(value, jax.core.Tracer)

@@ -1,8 +1,8 @@
-"""The linear model of the lecture: parameters, forward pass, squared loss.
+"""The lecture's linear model: its parameters, the forward pass and the squared loss.
 
-The seed's ``LinearRegressionScratch`` holds ``w`` and ``b`` as attributes and
-mutates them; here they are a plain pytree ``{"w": (d, 1), "b": (1,)}`` that
-functions take and return.
+The lecture's ``LinearRegressionScratch`` holds ``w`` and ``b`` as attributes
+and changes them in place; here they are a plain pytree ``{"w": (d, 1), "b": (1,)}``
+that functions take and return.
 """
 
 from __future__ import annotations
@@ -31,31 +31,18 @@ def init_params(key: jax.Array, num_inputs: int, sigma: float = 0.01) -> Params:
     return {"w": w, "b": jnp.zeros((1,), w.dtype)}
 
 
-NARROW = 16  # up to this many features, X @ w is computed as a fused multiply-and-sum
-
-
 def linreg(params: Params, X: ArrayLike) -> jax.Array:
-    """The forward pass ``X @ w + b``: ``(n, d) -> (n, 1)``.
-
-    For narrow ``X`` (``d <= NARROW``, the lecture has ``d = 2``) the product is
-    written as ``sum(X * w^T, axis=1)``: the same arithmetic, but XLA fuses it
-    with the rest of a train step, where a matrix-multiply call for a
-    ``(32, 2) @ (2, 1)`` product costs more than the product (2.5x faster
-    epochs on a CPU at ``n = 1e5``).
-    """
+    """The forward pass ``X @ w + b``: ``(n, d) -> (n, 1)``, the bias added to every row."""
     d = checks.params(params)
     if jnp.ndim(X) != 2 or jnp.shape(X)[1] != d:
         raise ValueError(f"X must have shape (n, {d}) to match params['w'], got {jnp.shape(X)}")
-    X = jnp.asarray(X)
-    if X.shape[-1] <= NARROW:
-        return jnp.sum(X * params["w"].T, axis=-1, keepdims=True) + params["b"][None, :]
-    return jnp.matmul(X, params["w"]) + params["b"][None, :]  # (n, 1) + (1, 1)
+    return jnp.asarray(X) @ params["w"] + params["b"][None, :]  # (n, 1) + (1, 1)
 
 
 def squared_loss(y_hat: ArrayLike, y: ArrayLike) -> jax.Array:
     """Mean of ``(y_hat - y)**2 / 2`` over the batch (a scalar).
 
-    As in the seed, ``y`` is reshaped to ``y_hat``'s shape first, so ``(n,)``
+    As in the lecture, ``y`` is reshaped to ``y_hat``'s shape first, so ``(n,)``
     and ``(n, 1)`` labels give the same value. Without it ``(n, 1) - (n,)``
     would broadcast to ``(n, n)`` and silently train on the wrong loss.
     """
@@ -73,7 +60,7 @@ def loss_fn(params: Params, X: ArrayLike, y: ArrayLike) -> jax.Array:
 
 
 def estimation_error(params: Params, w: ArrayLike, b: ArrayLike) -> tuple[jax.Array, jax.Array]:
-    """``(true w - learned w, true b - learned b)``, the seed's last cell; shapes ``(d,), ()``."""
+    """``(true w - learned w, true b - learned b)``, the lecture's last cell; ``(d,), ()``."""
     d = checks.params(params)
     w = jnp.asarray(w).reshape(-1)
     if w.shape != (d,) or jnp.ndim(b) > 1 or jnp.size(b) != 1:

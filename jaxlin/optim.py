@@ -10,7 +10,7 @@ from jax.typing import ArrayLike
 def sgd(params, grads, lr: ArrayLike):
     """One SGD step, ``param - lr * grad`` for every leaf; returns new params.
 
-    The seed's ``SGD`` has a ``zero_grad`` because PyTorch *accumulates*
+    The lecture's ``SGD`` has a ``zero_grad`` because PyTorch *accumulates*
     gradients into ``param.grad`` across ``backward`` calls. ``jax.grad``
     returns fresh gradients as a value on every call and nothing is stored,
     so there is nothing to reset. Nor is anything updated in place: the old
@@ -27,7 +27,7 @@ def global_norm(tree) -> jax.Array:
 def clip_by_global_norm(grads, max_norm: ArrayLike):
     """Scale ``grads`` down so their global norm is at most ``max_norm``.
 
-    The seed's ``Trainer.clip_gradients``: ``g * max_norm / ||g||`` when
+    The lecture's ``Trainer.clip_gradients``: ``g * max_norm / ||g||`` when
     ``||g|| > max_norm``. A ``max_norm <= 0`` means "no clipping", so that it
     can be a traced argument and switching it on does not recompile.
     """

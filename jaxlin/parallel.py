@@ -1,6 +1,6 @@
 """Data parallelism on JAX's own machinery: a 1-D device mesh, sharded batches.
 
-The compiled engine (``jaxlin.train.run_epochs``) runs unchanged; the only
+The compiled engine (``jaxlin.engines.run_epochs``) runs unchanged; the only
 difference is where the arrays live:
 
 * a mesh with one axis, ``"data"``, over the devices (all local devices, or
@@ -13,7 +13,7 @@ difference is where the arrays live:
 
 So the result is single-device training on the same key, up to the order of
 floating-point sums (tested to 1e-5). ``batch_size`` must divide by the
-number of devices (the error lists the sizes that do). The seed's smaller last
+number of devices (the error lists the sizes that do). The lecture's smaller last
 batch (``n % batch_size`` examples) is sharded too when it divides, and is
 otherwise computed whole on every device: one replicated step per epoch,
 still correct.
@@ -34,9 +34,12 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from jaxlin import checks, compiler
+from jaxlin import checks
+from jaxlin import config as configs
+from jaxlin.config import TrainConfig
+from jaxlin.engines.compiled import jit_run_epochs
 from jaxlin.model import Params
-from jaxlin.train import EpochEnd, History, _check_finite, run_epochs
+from jaxlin.trainer import EpochEnd, History, refuse_traced, run_loop
 
 DATA = "data"  # the mesh axis minibatches are split over
 
@@ -114,11 +117,6 @@ class ShardBatch:
         return jax.lax.with_sharding_constraint(batch, self.sharding)
 
 
-_dp_epochs = compiler.jit(
-    run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "constrain")
-)
-
-
 def replicate(mesh: Mesh, tree):
     """Every leaf of ``tree`` (host arrays, equal in every process) on every device of ``mesh``."""
     sharding = NamedSharding(mesh, jax.P())
@@ -133,20 +131,22 @@ def fit_data_parallel(
     val: tuple | None = None,
     *,
     mesh: Mesh | None = None,
-    lr: float = 0.03,
-    max_epochs: int = 3,
-    batch_size: int = 32,
+    lr: float | None = None,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
     key: jax.Array | None = None,
-    shuffle: bool = True,
-    gradient_clip_val: float = 0.0,
+    shuffle: bool | None = None,
+    gradient_clip_val: float | None = None,
     callback: Callable[[EpochEnd], None] | None = None,
+    config: TrainConfig | None = None,
 ) -> tuple[Params, History]:
     """``jaxlin.fit`` (scan engine) run data-parallel over ``mesh``: the same result.
 
     Args:
       params, train, val, lr, max_epochs, batch_size, key, shuffle,
-        gradient_clip_val, callback: as in ``jaxlin.fit``. In a multi-process
-        run every process passes the same values (e.g. drawn from the same key).
+        gradient_clip_val, callback, config: as in ``jaxlin.fit``. In a
+        multi-process run every process passes the same values (e.g. drawn
+        from the same key).
       mesh: a mesh with a ``"data"`` axis; default ``data_mesh()`` (all devices).
 
     Returns:
@@ -162,47 +162,39 @@ def fit_data_parallel(
       >>> params, hist = fit_data_parallel(params, data.train, mesh=mesh, batch_size=32,
       ...                                  key=jax.random.key(0))
     """
+    refuse_traced("jaxlin.fit_data_parallel", params, train, val, lr, key)
+    config = configs.make_config(
+        config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
+        gradient_clip_val=gradient_clip_val,
+    )  # fmt: skip
+    if config.engine != "scan":
+        raise ValueError(f"fit_data_parallel runs the scan engine, got engine={config.engine!r}")
     mesh = data_mesh() if mesh is None else mesh
     if DATA not in mesh.shape or len(mesh.shape) != 1:
         raise ValueError(f"mesh must have one axis named {DATA!r}, got {dict(mesh.shape)}")
     num_devices = mesh.shape[DATA]
-    num_inputs = checks.params(params)
-    X, y = checks.dataset("train", train, num_inputs)
-    if val is not None:
-        val = checks.dataset("val", val, num_inputs)
-    lr = checks.finite_float("lr", lr, positive=True)
-    max_epochs = checks.positive_int("max_epochs", max_epochs)
-    batch_size = checks.batch_size(batch_size, X.shape[0])
-    if batch_size % num_devices:
+    _, (X, y), val, _ = configs.training_data(params, train, val, config)
+    if config.batch_size % num_devices:
         raise ValueError(
-            f"batch_size={batch_size} does not split over {num_devices} devices; use a "
-            f"multiple of {num_devices}, e.g. {valid_batch_sizes(num_devices, batch_size)}"
+            f"batch_size={config.batch_size} does not split over {num_devices} devices; use a "
+            f"multiple of {num_devices}, e.g. {valid_batch_sizes(num_devices, config.batch_size)}"
         )
-    clip = checks.finite_float("gradient_clip_val", gradient_clip_val, nonnegative=True)
-    if shuffle:
-        if key is None:
-            raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
-        key = checks.key("key", key)
-    else:
-        key = jax.random.key(0)  # unused
+    key = configs.shuffle_key(config, key)
+    key = jax.random.key(0) if key is None else key  # unused without shuffling
 
     params, X, y, val = replicate(mesh, (params, X, y, val))
     key = jax.random.wrap_key_data(replicate(mesh, jax.random.key_data(key)))
-    lr_a, clip_a = replicate(mesh, (np.asarray(lr, X.dtype), np.asarray(clip, X.dtype)))
+    clip = None if config.clip is None else np.asarray(config.clip, X.dtype)
+    lr_a, clip_a = replicate(mesh, (np.asarray(config.lr, X.dtype), clip))
     constrain = ShardBatch(NamedSharding(mesh, jax.P(DATA)))
-    chunk = 1 if callback is not None else max_epochs
-    losses, val_losses = [], []
-    for first in range(0, max_epochs, chunk):
-        count = min(chunk, max_epochs - first)
-        params, (loss, val_loss) = _dp_epochs(
-            params, X, y, val, key, first, lr_a, clip_a,
-            batch_size=batch_size, shuffle=shuffle, num_epochs=count, constrain=constrain,
+
+    def run(params, epoch, count):
+        return jit_run_epochs(
+            params, X, y, val, key, epoch, lr_a, clip_a, batch_size=config.batch_size,
+            shuffle=config.shuffle, num_epochs=count, constrain=constrain,
         )  # fmt: skip
-        losses.append(np.asarray(loss))
-        val_losses.append(np.asarray(val_loss))
-        _check_finite(params, losses[-1], first, lr)
-        if callback is not None:
-            val_now = None if val is None else float(val_losses[-1][0])
-            callback(EpochEnd(first, params, losses[-1][0], val_now))
-    history = History(np.concatenate(losses), None if val is None else np.concatenate(val_losses))
-    return params, history
+
+    return run_loop(
+        run, params, first=0, stop=config.max_epochs, per_epoch=callback is not None,
+        lr=config.lr, has_val=val is not None, callback=callback,
+    )  # fmt: skip

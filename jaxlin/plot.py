@@ -1,10 +1,15 @@
-"""Figures drawn from a ``History``: the loss curves of the seed's ``ProgressBoard``."""
+"""Figures drawn from a ``History`` or a sweep: the loss curves of the lecture's ``ProgressBoard``.
+
+``plot_*`` draw on the Axes they are given (or on a new pyplot figure, for a
+notebook); ``save_*`` draw on a ``matplotlib.figure.Figure`` of their own and
+write it, touching no global pyplot state (no backend switch, no open figure).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from jaxlin.train import History
+from jaxlin.trainer import History
 
 
 def plot_history(history: History, ax=None, *, title: str | None = None):
@@ -33,16 +38,18 @@ def plot_history(history: History, ax=None, *, title: str | None = None):
     return ax
 
 
+def _figure(figsize: tuple[float, float]):
+    """A figure outside pyplot: drawn and saved without a display or a backend switch."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize, layout="constrained")
+
+
 def save_history_plot(history: History, path, *, title: str | None = None) -> None:
     """Write ``plot_history`` to ``path`` (PNG, PDF, SVG...) without a display."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    ax = plot_history(history, title=title)
-    ax.figure.savefig(path, dpi=120)
-    plt.close(ax.figure)
+    figure = _figure((6, 3.6))
+    plot_history(history, figure.subplots(), title=title)
+    figure.savefig(path, dpi=120)
 
 
 def plot_sweep(result, *, axes=None):
@@ -57,7 +64,7 @@ def plot_sweep(result, *, axes=None):
     import matplotlib.pyplot as plt
 
     from jaxlin.sweep import select, summarize
-    from jaxlin.train import TrainingDiverged
+    from jaxlin.trainer import TrainingDiverged
 
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
@@ -112,11 +119,6 @@ def plot_sweep(result, *, axes=None):
 
 def save_sweep_plot(result, path) -> None:
     """Write ``plot_sweep`` to ``path`` (PNG, PDF, SVG...) without a display."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    axes = plot_sweep(result)
-    axes[0].figure.savefig(path, dpi=120)
-    plt.close(axes[0].figure)
+    figure = _figure((11, 3.8))
+    plot_sweep(result, axes=figure.subplots(1, 2))
+    figure.savefig(path, dpi=120)

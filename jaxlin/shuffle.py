@@ -28,7 +28,7 @@ def _round_keys(key: jax.Array, n: int) -> jax.Array:
 
     Hashed from the key's words with ``_mix32`` rather than drawn with
     ``jax.random.bits``: the same 2**64 keys, and one fewer threefry to compile
-    into every epoch (~0.03 s of the compiled engine's ~0.3 s compile).
+    into every epoch.
     """
     rounds = jnp.arange(SMALL_ROUNDS if n < SMALL_N else NUM_ROUNDS, dtype=jnp.uint32)
     h = _mix32(rounds * jnp.uint32(0x9E3779B9) + jnp.uint32(0x85EBCA6B))
@@ -139,7 +139,7 @@ def padded_permutation(key: jax.Array, n: int, multiple: int = 8) -> jax.Array:
     """``permutation(key, n)`` followed by junk up to a multiple of ``multiple``.
 
     XLA:CPU vectorises elementwise loops only over lengths it can split into
-    whole vectors: hashing 1,000,003 indices costs ~4x what 1,000,008 do. The
+    whole vectors, so a length that is a multiple of 8 hashes much faster. The
     compiled engine reads only the first ``n`` entries, so it takes this form.
     """
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n < 2**31:
@@ -148,7 +148,7 @@ def padded_permutation(key: jax.Array, n: int, multiple: int = 8) -> jax.Array:
     round_keys = _round_keys(key, n)
     # Two halves through a loop, so that XLA writes the permutation to memory
     # once: straight-line, it fuses the rounds into each consumer's gather and
-    # re-evaluates them for every gathered element (an epoch at n = 1e6 took 2x).
+    # re-evaluates them for every gathered element.
     halves = jnp.arange(-(-n // (2 * multiple)) * 2 * multiple, dtype=jnp.uint32).reshape(2, -1)
     x = jax.lax.map(lambda half: _feistel(half, round_keys, a, b), halves).reshape(-1)
     if a * b > n:  # the few positions that land in [n, a*b): invert, walk, write back

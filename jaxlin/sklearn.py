@@ -1,7 +1,7 @@
 """A scikit-learn estimator around ``jaxlin.fit``: pipelines, cross-validation, grid search.
 
 ``SGDLinearRegression`` is the lecture's model trained by jaxlin's compiled
-engine (``fit(..., engine="scan")``: one compiled XLA call per epoch), with
+engine (``fit(..., engine="scan")``: the whole run one compiled XLA call), with
 scikit-learn's input handling (``validate_data``) in front: lists, integer and
 object arrays, read-only and non-contiguous arrays are converted; NaN, Inf,
 empty and mis-shaped input is refused with scikit-learn's own messages.
@@ -26,8 +26,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from jaxlin import checks
+from jaxlin.config import TrainConfig, make_config
 from jaxlin.model import init_params
-from jaxlin.train import fit
+from jaxlin.trainer import fit
 
 
 class SGDLinearRegression(RegressorMixin, BaseEstimator):
@@ -83,14 +84,12 @@ class SGDLinearRegression(RegressorMixin, BaseEstimator):
 
     def fit(self, X, y):
         """Train on ``X: (n_samples, n_features)``, ``y: (n_samples,)``; returns ``self``."""
-        lr = checks.finite_float("lr", self.lr, positive=True)
-        max_epochs = checks.positive_int("max_epochs", self.max_epochs)
-        batch_size = checks.positive_int("batch_size", self.batch_size)
-        clip = checks.finite_float("gradient_clip_val", self.gradient_clip_val, nonnegative=True)
+        config = TrainConfig(
+            lr=self.lr, max_epochs=self.max_epochs, batch_size=self.batch_size,
+            shuffle=self.shuffle, gradient_clip_val=self.gradient_clip_val,
+        )  # fmt: skip
         sigma = checks.finite_float("sigma", self.sigma, nonnegative=True)
-        for name in ("shuffle", "standardize"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        checks.boolean("standardize", self.standardize)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
         dtype = jnp.result_type(float)  # float32, or float64 in x64 mode
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
@@ -101,20 +100,12 @@ class SGDLinearRegression(RegressorMixin, BaseEstimator):
             mean, std = X.mean(axis=0), X.std(axis=0)
             scale = np.where(std > 0, std, 1.0)  # a constant feature stays as it is
         Xj, yj = jnp.asarray((X - mean) / scale, dtype), jnp.asarray(y, dtype)
-        params, self.history_ = fit(
-            params,
-            (Xj, yj),
-            lr=lr,
-            max_epochs=max_epochs,
-            batch_size=min(batch_size, X.shape[0]),
-            key=key_shuffle,
-            shuffle=self.shuffle,
-            gradient_clip_val=clip,
-        )
+        config = make_config(config, batch_size=min(config.batch_size, X.shape[0]))
+        params, self.history_ = fit(params, (Xj, yj), key=key_shuffle, config=config)
         w = np.asarray(params["w"], np.float64).ravel() / scale  # back to X's units
         self.coef_ = w
         self.intercept_ = float(params["b"][0]) - float(mean @ w)
-        self.n_iter_ = max_epochs
+        self.n_iter_ = config.max_epochs
         return self
 
     def predict(self, X) -> np.ndarray:

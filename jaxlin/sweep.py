@@ -4,7 +4,7 @@ The lecture: setting hyperparameters "is tricky and requires some adjustment by
 trial and error", and one should use three splits, one for training, one for
 hyperparameter selection and one for the final evaluation. Here the trial and
 error is one ``jax.jit`` call that trains every configuration side by side, and
-every configuration's result is the result ``fit`` gives for it (tested to 1e-6):
+every configuration's result is the result ``fit`` gives for it, to float rounding:
 
     init_key, shuffle_key = config_keys(key, seed)
     fit(init_params(init_key, d, sigma), train, val, lr=lr, key=shuffle_key, ...)
@@ -13,8 +13,8 @@ The grid is not ``jax.vmap`` over ``fit``'s epoch, though that gives the same
 numbers: ``vmap`` puts the configurations first and XLA then vectorises each
 step over the ``d = 2`` features. Here the configurations are the last axes of
 every array (the "lane layout" of ``_grid``), one step of all of them is a
-handful of fused loops over ``S * L`` contiguous lanes, and a 1,024-config
-sweep costs a few single fits, not hundreds (``benchmarks/bench_sweep.py``).
+handful of fused loops over ``S * L`` contiguous lanes, and a sweep of
+hundreds of configurations costs a few single fits (``benchmarks/bench_sweep.py``).
 Each seed's shuffle and batch gather are computed once and shared by its
 learning rates: every lr sees the same initial parameters and batches for a
 given seed (common random numbers), so the comparison between learning rates
@@ -32,10 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxlin import checks, compiler
-from jaxlin.model import NARROW, Params, init_params
+from jaxlin import checks
+from jaxlin import config as configs
+from jaxlin.engines import compiler
+from jaxlin.engines.compiled import NARROW, scan_batches
+from jaxlin.model import Params, init_params
 from jaxlin.shuffle import epoch_key, padded_permutation
-from jaxlin.train import TrainingDiverged
+from jaxlin.trainer import TrainingDiverged
 
 
 class SweepResult(NamedTuple):
@@ -96,7 +99,7 @@ def _lane_loss(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
     """
     w, b = params["w"], params["b"]
     d = w.shape[0]
-    if d <= NARROW:  # unrolled multiply-sum, as linreg: every op runs along the lanes
+    if d <= NARROW:  # unrolled multiply-sum, as the engine's: every op runs along the lanes
         pred = sum(X[:, j] * w[j][None] for j in range(d)) + b[None]
     else:
         pred = jnp.sum(X * w[None], axis=1) + b[None]
@@ -104,7 +107,7 @@ def _lane_loss(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def _lane_step(params: Params, X, y, lr, clip):
-    """One SGD step of every configuration: ``_step`` of ``jaxlin.train``, in the lane layout.
+    """One SGD step of every configuration: ``jaxlin.train.step``, in the lane layout.
 
     The configurations' losses are independent, so the gradient of their sum is
     each one's own gradient. ``lr``: shaped like the lanes; ``clip``: scalar or ``None``.
@@ -127,12 +130,12 @@ def _grid(
 
     Layout: the configurations are the last axes of every array, the "lanes":
     ``(S, L)``, or flat ``(S * L,)`` when there is one lr or one seed, or no
-    shuffle (no per-seed data): a size-1 axis there costs XLA:CPU up to 10x.
+    shuffle (no per-seed data): XLA:CPU vectorises a size-1 axis poorly.
     Params are ``w: (d, *lanes)``, ``b: lanes``; a seed's batch, ``(B, d, S, 1)``,
     is broadcast over its learning rates inside the step. Each elementwise op of
     a step thus runs along contiguous lanes and XLA vectorises across
     configurations, where ``vmap`` (batch axis first) left it vectorising across
-    the ``d = 2`` features: 6-12x faster at 1,024 configs.
+    the ``d = 2`` features.
     Each configuration's arithmetic is ``fit``'s, up to the order of sums.
     """
     n, d = X.shape
@@ -141,7 +144,6 @@ def _grid(
     lanes = (S, L) if shuffle and S > 1 and L > 1 else (S * L,)
     per_seed = (S, 1) if len(lanes) == 2 else (S,)  # a seed's value, broadcast over its lrs
     shared = (1,) * len(lanes)  # one value for every configuration
-    full, rest = divmod(n, B)
 
     init_keys, shuffle_keys = jax.vmap(lambda s: config_keys(key, s))(seeds)
     w0 = jax.vmap(lambda k: init_params(k, d, sigma)["w"][:, 0])(init_keys).astype(X.dtype)
@@ -158,15 +160,8 @@ def _grid(
             ye = y[:, 0][order].T.reshape(n, *per_seed)
         else:  # the same order for every configuration
             Xe, ye = X.reshape(n, d, *shared), y.reshape(n, *shared)
-        batches = (
-            Xe[: full * B].reshape(full, B, *Xe.shape[1:]),
-            ye[: full * B].reshape(full, B, *ye.shape[1:]),
-        )
-        step = lambda p, batch: _lane_step(p, *batch, lane_lrs, clip)  # noqa: E731
-        params, losses = jax.lax.scan(step, params, batches)  # losses: (full, *lanes)
-        if rest:  # the seed's smaller last batch: a real step of its own
-            params, last = step(params, (Xe[full * B :], ye[full * B :]))
-            losses = jnp.concatenate([losses, last[None]])
+        update = lambda p, batch: _lane_step(p, *batch, lane_lrs, clip)  # noqa: E731
+        params, losses = scan_batches(update, params, (Xe, ye), B)  # losses: (steps, *lanes)
         Xv, yv = val
         return params, (
             losses,
@@ -288,37 +283,32 @@ def sweep(
       >>> result.val_loss.shape, select(result).lr
       ((3, 4, 3), 0.1)
     """
-    X, y = checks.dataset("train", train)
-    d = X.shape[1]
-    val = checks.dataset("val", val, d)
-    if test is not None:
-        test = checks.dataset("test", test, d)
+    config = configs.make_config(
+        None, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
+        gradient_clip_val=gradient_clip_val,
+    )  # fmt: skip
+    if val is None:
+        raise ValueError("val is required: learning rates are compared on its loss")
+    _, (X, y), val, test = configs.training_data(None, train, val, config, test)
     lrs = _check_lrs(lrs)
     seeds = _check_seeds(seeds)
     key = checks.key("key", key)
-    max_epochs = checks.positive_int("max_epochs", max_epochs)
-    batch_size = checks.batch_size(batch_size, X.shape[0])
     sigma = checks.finite_float("sigma", sigma, nonnegative=True)
-    clip = checks.finite_float("gradient_clip_val", gradient_clip_val, nonnegative=True)
-    for name, flag in (("shuffle", shuffle), ("per_step", per_step)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
-    for name, pair in (("val", val), ("test", test)):
-        if pair is not None and pair[0].dtype != X.dtype:
-            raise TypeError(f"{name} X has dtype {pair[0].dtype} but train X has {X.dtype}")
+    per_step = checks.boolean("per_step", per_step)
+    clip = config.clip
 
     params, train_loss, val_loss, test_loss, diverged = _compiled_grid(
         jnp.asarray(seeds),
         jnp.asarray(lrs, X.dtype),
-        jnp.asarray(clip, X.dtype) if clip > 0 else None,  # None: no clipping code
+        None if clip is None else jnp.asarray(clip, X.dtype),  # None: no clipping code
         key,
         X,
         y,
         val,
         test,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_epochs=max_epochs,
+        batch_size=config.batch_size,
+        shuffle=config.shuffle,
+        num_epochs=config.max_epochs,
         sigma=sigma,
         per_step=per_step,
     )

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxlin
+from jaxlin.engines.compiled import NARROW, fused_loss
 
 
 def test_init_params_shapes_and_scale(key):
@@ -18,15 +19,20 @@ def test_init_params_shapes_and_scale(key):
     np.testing.assert_array_equal(params["w"], jaxlin.init_params(key, 500, sigma=0.5)["w"])
 
 
-@pytest.mark.parametrize("d", [1, 2, jaxlin.model.NARROW, jaxlin.model.NARROW + 1, 100])
-def test_linreg_matches_numpy_on_both_paths(d, key):
-    """Narrow X takes the fused multiply-sum, wide X the matmul: both are X @ w + b."""
+@pytest.mark.parametrize("d", [1, 2, NARROW, NARROW + 1, 100])
+def test_linreg_and_the_engines_fused_loss_match_numpy(d, key):
+    """linreg is X @ w + b; the compiled engine's fused loss (a multiply-sum for
+    narrow X) is the same loss."""
     kx, kw = jax.random.split(key)
     X = jax.random.normal(kx, (50, d))
     params = jaxlin.init_params(kw, d, sigma=1.0)
     params["b"] = jnp.array([0.25])
     expected = np.asarray(X, np.float64) @ np.asarray(params["w"], np.float64) + 0.25
     np.testing.assert_allclose(jaxlin.linreg(params, X), expected, rtol=1e-5, atol=1e-5)
+    y = jax.random.normal(kx, (50, 1))
+    want = np.mean((expected - np.asarray(y, np.float64)) ** 2 / 2)
+    np.testing.assert_allclose(fused_loss(params, X, y), want, rtol=1e-5)
+    np.testing.assert_allclose(jaxlin.loss_fn(params, X, y), want, rtol=1e-5)
 
 
 def test_linreg_is_xw_plus_b(key):

@@ -11,6 +11,8 @@ import pytest
 
 import jaxlin
 from jaxlin import shuffle, stream
+from jaxlin.stream import reader
+from jaxlin.stream import train as stream_train
 
 
 def load_all(ds):
@@ -300,13 +302,13 @@ def test_runs_order_reads_whole_runs_with_the_same_result(tmp_path, key, monkeyp
     """Full run-blocks read as slices give the batches of the generic sorted read."""
     n = 2 * stream.RUN_LENGTH * stream.RUNS_PER_BLOCK + 1000  # two full run-blocks and a rest
     ds = stream.generate_shards(key, tmp_path / "runs", n, d=2, shards=3)
-    assert stream._full_run_block(n, (0, 256, 256)) and not stream._full_run_block(
+    assert stream_train._full_run_block(n, (0, 256, 256)) and not stream_train._full_run_block(
         n, (2 * 65536, 3, 256)
     )
     p0 = jaxlin.init_params(key, 2)
     kw = dict(lr=0.01, max_epochs=2, batch_size=256, key=key, order="runs")
     fast, h_fast = stream.fit_stream(p0, ds, **kw)
-    monkeypatch.setattr(stream, "_full_run_block", lambda n, block: False)
+    monkeypatch.setattr(stream_train, "_full_run_block", lambda n, block: False)
     slow, h_slow = stream.fit_stream(p0, ds, **kw)
     np.testing.assert_array_equal(h_fast.train_loss, h_slow.train_loss)
     for k in fast:
@@ -317,7 +319,7 @@ def test_runs_order_reads_whole_runs_with_the_same_result(tmp_path, key, monkeyp
 def test_packed_argsort_is_a_stable_argsort(dtype):
     idx = np.random.default_rng(0).integers(0, 2**31 - 1, 5000).astype(dtype)
     idx[::7] = idx[3]  # ties keep their positions' order
-    order, sidx = stream._argsort(idx)
+    order, sidx = reader._argsort(idx)
     np.testing.assert_array_equal(order, np.argsort(idx, kind="stable"))
     np.testing.assert_array_equal(sidx, np.sort(idx))
 

@@ -286,16 +286,17 @@ def test_full_batch_shuffled_epochs_compile_for_power_of_two_sizes():
 
 
 def test_compiler_options_change_results_only_by_rounding(problem, key):
-    """fit's program built with jaxlin.compiler's options (a quicker compile where
+    """fit's program built with jaxlin's compiler options (a quicker compile where
     this XLA has them) gives a plain jax.jit's results, to float32 rounding: the
     older fusion emitters may round a sum's last bit apart."""
-    from jaxlin import compiler, train
+    from jaxlin.engines import compiled, compiler
 
-    assert compiler.options() in ({}, compiler.FAST_COMPILE)
+    if not compiler.options():
+        pytest.skip("this XLA has no such option: jaxlin's programs are plain jax.jit")
     s, p0 = problem
     args = (p0, *s.train, s.val, key, 0, 0.03, None)
     static = dict(batch_size=32, shuffle=True, num_epochs=2, affine=False)
-    plain = jax.jit(train.run_epochs, static_argnames=tuple(static))
-    ours = jax.tree.leaves(train._scan_epochs(*args, **static))
+    plain = jax.jit(compiled.run_epochs, static_argnames=tuple(static))
+    ours = jax.tree.leaves(compiled.jit_run_epochs(*args, **static))
     for a, b in zip(ours, jax.tree.leaves(plain(*args, **static)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

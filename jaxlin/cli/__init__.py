@@ -44,7 +44,7 @@ def as_flags(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxlin`` script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from jaxlin.train import TrainingDiverged
+    from jaxlin.trainer import TrainingDiverged
 
     try:
         COMMANDS[args.command].run(args)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import shlex
@@ -305,30 +304,16 @@ def run(args) -> dict:
 
 
 def setup(args):
-    """The lecture's data, initial parameters and shuffle key from ``--seed``, as one program.
-
-    Drawn op by op, the keys, the data and the initial weights are a dozen small
-    compiles (~0.5 s of a cold ``jaxlin train``); jitted together, one.
-    """
+    """The lecture's data, initial parameters and shuffle key from ``--seed``."""
     import jax
 
     import jaxlin
-    from jaxlin import compiler
 
-    # LLVM at -O1 and jaxlin's compiler options: the same data bits as the
-    # defaults (tested against synthetic_splits), and about half the compile:
-    # the normal sampler's code is large (0.46 -> 0.26 s here). -O0 changes
-    # the draws in the last bit.
-    @functools.partial(compiler.jit, extra={"xla_backend_optimization_level": 1})
-    def draw(seed_key):
-        key_data, key_init, key_shuffle = jax.random.split(seed_key, 3)
-        data = jaxlin.synthetic_splits(
-            key_data, args.w, args.b, num_train=args.num_train, num_val=args.num_val,
-            noise=args.noise,
-        )  # fmt: skip
-        return data, jaxlin.init_params(key_init, len(args.w), sigma=args.sigma), key_shuffle
-
-    return draw(jax.random.key(args.seed))
+    key_data, key_init, key_shuffle = jax.random.split(jax.random.key(args.seed), 3)
+    data = jaxlin.synthetic_splits(
+        key_data, args.w, args.b, num_train=args.num_train, num_val=args.num_val, noise=args.noise
+    )
+    return data, jaxlin.init_params(key_init, len(args.w), sigma=args.sigma), key_shuffle
 
 
 def interrupted_message(args, epochs_done: int) -> str:

@@ -1,0 +1,217 @@
+"""The compiled engine: whole epochs, and whole runs, of the lecture's SGD as one XLA program.
+
+An epoch is one ``lax.scan`` of ``jaxlin.train.step`` over the epoch's
+minibatches; the shuffle, the batch gather, the steps and the validation loss
+all run on the device, with no host round trip per step. ``run_epochs`` runs
+epochs ``first .. first + count - 1`` of a run (what ``fit`` calls), and
+``make_train(config)`` gives the whole run as a pure function of
+``(params, train, val, key, lr)`` that composes with ``jax.jit``, ``jax.vmap``
+and ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxlin.config import TrainConfig
+from jaxlin.data import split_batches
+from jaxlin.engines import compiler
+from jaxlin.engines.affine import affine_epoch
+from jaxlin.model import Params, loss_fn
+from jaxlin.shuffle import epoch_key, padded_permutation
+from jaxlin.train import step
+
+NARROW = 16  # up to this many features, the forward pass is a fused multiply-and-sum
+
+
+def fused_loss(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
+    """``loss_fn`` with ``X @ w`` written as ``sum(X * w^T)`` for narrow ``X``.
+
+    The same arithmetic as ``jaxlin.model.linreg``; XLA fuses it with the rest
+    of the step, where a matrix-multiply call for a ``(32, 2) @ (2, 1)`` product
+    costs more than the product (``benchmarks/bench.py`` measures the engine).
+    """
+    if X.shape[-1] > NARROW:
+        return loss_fn(params, X, y)
+    y_hat = jnp.sum(X * params["w"].T, axis=-1, keepdims=True) + params["b"][None, :]
+    return jnp.mean((y_hat - y) ** 2 / 2)
+
+
+def scan_batches(update: Callable, params, rows, batch_size: int, take: Callable | None = None):
+    """``update(params, take(batch))`` over ``rows`` in minibatches: ``(params, losses)``.
+
+    ``rows`` is a pytree of arrays with a leading axis of ``n``: the rows
+    themselves, or their indices with ``take`` gathering a batch's rows. The
+    full batches run as one ``lax.scan``; the lecture's smaller last batch, if
+    any, is one more step of its own. ``losses`` is ``(ceil(n / B),)``.
+    """
+    take = take or (lambda batch: batch)
+    full = jax.tree.map(lambda a: split_batches(a, batch_size)[0], rows)
+    rest = jax.tree.map(lambda a: split_batches(a, batch_size)[1], rows)
+    params, losses = jax.lax.scan(lambda p, batch: update(p, take(batch)), params, full)
+    if jax.tree.leaves(rest)[0].shape[0]:
+        params, last = update(params, take(rest))
+        losses = jnp.concatenate([losses, last[None]])
+    return params, losses
+
+
+PREGATHER_MAX_FEATURES = 16  # up to this d, the epoch's rows are gathered once, up front
+
+
+def scan_epoch(params, X, y, order, lr, clip, batch_size: int, constrain=None):
+    """One epoch of SGD reading ``X[order[:n]]`` in minibatches; ``(params, losses)``.
+
+    For small ``d`` the epoch's rows are gathered in one go (a per-step gather
+    of a few bytes costs more than the step); for wide rows each step gathers
+    its own batch, which reads the data once instead of three times.
+    ``constrain`` (optional) is applied to every batch: ``jaxlin.parallel``
+    passes one that shards it over the devices.
+    """
+    n, d = X.shape
+
+    def gather(idx):
+        return X.at[idx].get(mode="promise_in_bounds"), y.at[idx].get(mode="promise_in_bounds")
+
+    def update(p, batch):
+        X_batch, y_batch = batch if constrain is None else jax.tree.map(constrain, batch)
+        return step(p, X_batch, y_batch, lr, clip, loss=fused_loss)
+
+    if d <= PREGATHER_MAX_FEATURES:
+        return scan_batches(update, params, gather(order[:n]), batch_size)
+    return scan_batches(update, params, order[:n], batch_size, take=gather)
+
+
+def epoch_order(key, epoch, n: int, shuffle: bool) -> jax.Array:
+    """The order epoch ``epoch`` reads its ``n`` examples in (length ``>= n``)."""
+    if shuffle:
+        return padded_permutation(epoch_key(key, epoch), n)
+    return jnp.arange(n, dtype=jnp.int32)
+
+
+def _epoch(params, X, y, val, key, e, lr, clip, batch_size, shuffle, affine, constrain):
+    """Epoch ``e`` and the validation loss after it: ``(params, (losses, val_loss))``."""
+    order = epoch_order(key, e, X.shape[0], shuffle)
+    if affine:
+        params, losses = affine_epoch(params, X, y, order, lr, batch_size)
+    else:
+        params, losses = scan_epoch(params, X, y, order, lr, clip, batch_size, constrain)
+    val_loss = loss_fn(params, *val) if val is not None else jnp.nan
+    return params, (losses, jnp.asarray(val_loss, losses.dtype))
+
+
+def run_epochs(
+    params,
+    X,
+    y,
+    val,
+    key,
+    first_epoch,
+    lr,
+    clip,
+    *,
+    batch_size,
+    shuffle,
+    num_epochs,
+    affine=False,
+    constrain=None,
+):
+    """Epochs ``first_epoch .. first_epoch + num_epochs - 1`` of a run, as one traceable function.
+
+    Pure and unjitted (``fit`` and ``fit_data_parallel`` jit it). Epoch ``e``
+    shuffles with ``fold_in(key, e)``, so a run resumed at epoch ``k`` is the
+    run never interrupted.
+
+    Args:
+      params: ``{"w": (d, 1), "b": (1,)}``.
+      X, y: ``(n, d)`` and ``(n, 1)`` training data; val: ``(X_val, y_val)`` or ``None``.
+      key: shuffling key (unused without ``shuffle``).
+      first_epoch: index of the first epoch (int or traced int).
+      lr, clip: learning rate and gradient clip norm, traced; ``clip=None``
+        compiles without clipping.
+      batch_size, shuffle, num_epochs: static.
+      affine: static; run each epoch with ``jaxlin.engines.affine.affine_epoch``.
+      constrain: static, optional; applied to each gathered batch.
+
+    Returns:
+      ``(params, (losses, val_losses))`` with ``losses: (num_epochs, ceil(n / B))``
+      and ``val_losses: (num_epochs,)`` (NaN without ``val``).
+    """
+    steps = -(-X.shape[0] // batch_size)
+    first = jnp.asarray(first_epoch, jnp.int32)
+
+    # A while loop from the traced first epoch, not a scan of static length:
+    # XLA cannot count its trips and never inlines it, so an epoch compiles to
+    # the same code whether the program runs 1 epoch or 100 (what makes a
+    # resumed run the uninterrupted one bit for bit).
+    def body(state):
+        e, params, losses, val_losses = state
+        params, (loss, val_loss) = _epoch(
+            params, X, y, val, key, e, lr, clip, batch_size, shuffle, affine, constrain
+        )
+        i = e - first
+        losses = jax.lax.dynamic_update_index_in_dim(losses, loss, i, 0)
+        val_losses = jax.lax.dynamic_update_index_in_dim(val_losses, val_loss, i, 0)
+        return e + 1, params, losses, val_losses
+
+    dtype = params["w"].dtype
+    init = (first, params, jnp.zeros((num_epochs, steps), dtype), jnp.zeros((num_epochs,), dtype))
+    _, params, losses, val_losses = jax.lax.while_loop(
+        lambda state: state[0] < first + num_epochs, body, init
+    )
+    return params, (losses, val_losses)
+
+
+def make_train(config: TrainConfig) -> Callable:
+    """The whole run of ``config`` as a pure function: ``train(params, data, val, key, lr=None)``.
+
+    ``train`` returns ``(params, (losses, val_losses))`` as ``run_epochs`` does
+    for epochs ``0 .. max_epochs - 1``. Nothing in it is static but the config
+    and the shapes, so it composes: ``jax.jit(train)``, ``jax.vmap`` over keys,
+    learning rates or data, and ``jax.grad`` of the final validation loss with
+    respect to ``lr`` (the epochs are a ``lax.scan``, which reverse-mode
+    differentiation needs). ``lr=None`` uses ``config.lr``. The config's
+    engine must be a compiled one (``"scan"`` or ``"affine"``).
+
+    Example:
+      >>> train = make_train(TrainConfig(max_epochs=3))
+      >>> def final_val(lr):
+      ...     return train(params, data.train, data.val, key, lr)[1][1][-1]
+      >>> jax.grad(final_val)(0.03)
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a jaxlin.TrainConfig, got {type(config).__name__}")
+    if config.engine not in ("scan", "affine"):
+        raise ValueError(
+            f"make_train compiles the run: config.engine must be 'scan' or 'affine', "
+            f"got {config.engine!r}"
+        )
+
+    def train(params, data, val=None, key=None, lr=None):
+        """``config.max_epochs`` epochs of SGD on ``data = (X, y)``; ``(params, (losses, val))``."""
+        X, y = data
+        y = y.reshape(-1, 1)
+        if val is not None:
+            val = (val[0], val[1].reshape(-1, 1))
+        if key is None:
+            if config.shuffle:
+                raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
+            key = jax.random.key(0)  # unused: batches are read in order
+        lr = config.lr if lr is None else lr
+
+        def epoch(params, e):
+            return _epoch(
+                params, X, y, val, key, e, lr, config.clip, config.batch_size,
+                config.shuffle, config.engine == "affine", None,
+            )  # fmt: skip
+
+        return jax.lax.scan(epoch, params, jnp.arange(config.max_epochs))
+
+    return train
+
+
+jit_run_epochs = compiler.jit(
+    run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "affine", "constrain")
+)

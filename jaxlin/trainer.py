@@ -1,0 +1,204 @@
+"""The lecture's ``Trainer.fit`` as a function: checked arguments, an engine, the loop over epochs.
+
+``fit`` is a host driver: it checks its arguments once, picks an engine and
+runs ``run_loop``, the loop over epochs that every ``fit`` variant shares
+(``fit_data_parallel``, ``fit_stream``): per-epoch callback, divergence check
+with epoch and step, history. For a training run that is itself a pure JAX
+function (to ``jax.jit``, ``jax.vmap`` or ``jax.grad`` through), use
+``jaxlin.make_train``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxlin import checks
+from jaxlin import config as configs
+from jaxlin.config import TrainConfig
+from jaxlin.engines.compiled import jit_run_epochs
+from jaxlin.model import Params, loss_fn
+from jaxlin.shuffle import epoch_key
+from jaxlin.train import train_epoch
+
+
+class History(NamedTuple):
+    """What ``fit`` records, as numpy arrays (read once per epoch or run, never per step).
+
+    ``train_loss``: ``(epochs run, steps_per_epoch)``, the batch loss of every step
+    before that step's update (what ``value_and_grad`` returns).
+    ``val_loss``: ``(epochs,)``, the mean loss on the whole validation set after
+    each epoch, or ``None`` when ``fit`` had no validation data.
+    """
+
+    train_loss: np.ndarray
+    val_loss: np.ndarray | None
+
+
+class EpochEnd(NamedTuple):
+    """What ``fit``'s callback receives after each epoch (host values, read once)."""
+
+    epoch: int  # 0-based index of the epoch that just ended
+    params: Params  # parameters after it
+    train_loss: np.ndarray  # (steps_per_epoch,) batch losses of the epoch
+    val_loss: float | None  # mean validation loss after it, None without val
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss or the parameters stopped being finite."""
+
+
+def check_finite(params, losses: np.ndarray, first_epoch: int, lr: float) -> None:
+    """Raise ``TrainingDiverged`` naming the first non-finite step (epoch and step 1-based)."""
+    bad = ~np.isfinite(losses)
+    params_ok = all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+    if not bad.any() and params_ok:
+        return
+    if bad.any():
+        e, s = map(int, np.argwhere(bad)[0])
+        where = (
+            f"the training loss became {losses[e, s]} at epoch {first_epoch + e + 1}, step {s + 1}"
+        )
+    else:
+        where = f"the parameters became non-finite in epoch {first_epoch + losses.shape[0]}"
+    raise TrainingDiverged(
+        f"training diverged: {where} (lr={lr}). Try a smaller lr or set gradient_clip_val."
+    )
+
+
+def run_loop(
+    run: Callable,
+    params: Params,
+    *,
+    first: int,
+    stop: int,
+    per_epoch: bool,
+    lr: float,
+    has_val: bool,
+    callback: Callable[[EpochEnd], None] | None = None,
+) -> tuple[Params, History]:
+    """Epochs ``first .. stop - 1`` on the host: the loop every ``fit`` runs.
+
+    ``run(params, epoch, count)`` trains ``count`` epochs from ``epoch`` and
+    returns ``(params, (losses (count, steps), val_losses (count,)))``. With
+    ``per_epoch`` it is called once per epoch, and each epoch's losses are read,
+    checked and handed to ``callback``; otherwise once for the whole run, read
+    once at the end.
+    """
+    if per_epoch:
+        losses, val_losses = [], []
+        for epoch in range(first, stop):
+            params, (loss, val_loss) = run(params, epoch, 1)
+            loss, val_loss = np.asarray(loss), np.asarray(val_loss)
+            losses.append(loss)
+            val_losses.append(val_loss)
+            check_finite(params, loss, epoch, lr)
+            if callback is not None:
+                val_now = float(val_loss[0]) if has_val else None
+                callback(EpochEnd(epoch, params, loss[0], val_now))
+    else:
+        params, (loss, val_loss) = run(params, first, stop - first)
+        losses, val_losses = [loss], [val_loss]
+    train_loss = np.concatenate([np.asarray(a) for a in losses])
+    check_finite(params, train_loss, first, lr)
+    val_loss = np.concatenate([np.asarray(a) for a in val_losses]) if has_val else None
+    return params, History(train_loss, val_loss)
+
+
+def refuse_traced(function: str, *values) -> None:
+    """A one-line error when a host driver is called inside ``jax.jit``, ``vmap`` or ``grad``."""
+    if any(checks.is_traced(leaf) for leaf in jax.tree.leaves(values)):
+        raise TypeError(
+            f"{function} is a checked host driver and cannot run inside jax.jit, jax.vmap or "
+            "jax.grad; use jaxlin.make_train(config), a pure training function that composes "
+            "with them"
+        )
+
+
+def fit(
+    params: Params,
+    train: tuple[ArrayLike, ArrayLike],
+    val: tuple[ArrayLike, ArrayLike] | None = None,
+    *,
+    lr: float | None = None,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
+    key: jax.Array | None = None,
+    shuffle: bool | None = None,
+    gradient_clip_val: float | None = None,
+    engine: str | None = None,
+    callback: Callable[[EpochEnd], None] | None = None,
+    start_epoch: int = 0,
+    config: TrainConfig | None = None,
+) -> tuple[Params, History]:
+    """Minibatch SGD on the squared loss: the lecture's ``Trainer.fit``, as a function.
+
+    Args:
+      params: ``{"w": (d, 1), "b": (1,)}``, e.g. from ``init_params``; not modified.
+      train: ``(X, y)`` with ``X: (n, d)``, ``y: (n,)`` or ``(n, 1)``.
+      val: optional ``(X, y)``; its mean loss is recorded after every epoch.
+      lr, max_epochs, batch_size, shuffle, gradient_clip_val, engine: the
+        fields of ``TrainConfig`` (defaults: lr 0.03, 3 epochs, batch 32,
+        shuffled, no clipping, the ``"scan"`` engine); ``lr`` may be a JAX scalar.
+      key: ``jax.random.key``; required when shuffling. Epoch ``e`` reads the
+        examples in the order ``permutation(fold_in(key, e), n)``.
+      callback: called after each epoch with an ``EpochEnd`` (progress,
+        checkpoints): one compiled call and one host read per epoch, never per
+        step. Without it the compiled engines run the whole run as one call.
+      start_epoch: the first epoch to run (to resume): epochs ``start_epoch ..
+        max_epochs - 1`` are run, with the same shuffles as in a full run.
+      config: a ``TrainConfig``; the keyword arguments above override its fields.
+
+    Returns:
+      ``(params, history)``; see ``History``.
+
+    Raises:
+      ValueError, TypeError: bad arguments, before any training.
+      TrainingDiverged: the loss or the parameters became non-finite; the
+        message names the epoch and step.
+    """
+    refuse_traced("jaxlin.fit", params, train, val, lr, key)
+    config = configs.make_config(
+        config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
+        gradient_clip_val=gradient_clip_val, engine=engine,
+    )  # fmt: skip
+    _, (X, y), val, _ = configs.training_data(params, train, val, config)
+    start_epoch = checks.nonnegative_int("start_epoch", start_epoch)
+    if start_epoch >= config.max_epochs:
+        raise ValueError(
+            f"start_epoch must be in [0, max_epochs={config.max_epochs}), got {start_epoch}"
+        )
+    key = configs.shuffle_key(config, key)
+
+    if config.engine in ("scan", "affine"):
+        run_key = jax.random.key(0) if key is None else key  # unused without shuffling
+
+        def run(params, epoch, count):
+            return jit_run_epochs(
+                params, X, y, val, run_key, epoch, config.lr, config.clip,
+                batch_size=config.batch_size, shuffle=config.shuffle, num_epochs=count,
+                affine=config.engine == "affine",
+            )  # fmt: skip
+
+    else:
+
+        def run(params, epoch, count):
+            del count  # one epoch at a time
+            params, losses = train_epoch(
+                params, X, y, config.lr, batch_size=config.batch_size,
+                key=None if key is None else epoch_key(key, epoch),
+                gradient_clip_val=config.clip, jit=config.engine == "step",
+            )  # fmt: skip
+            val_loss = loss_fn(params, *val) if val is not None else jnp.nan
+            return params, (losses[None], np.asarray([val_loss], losses.dtype))
+
+    per_epoch = callback is not None or config.engine in ("step", "eager")
+    return run_loop(
+        run, params, first=start_epoch, stop=config.max_epochs, per_epoch=per_epoch,
+        lr=config.lr, has_val=val is not None, callback=callback,
+    )  # fmt: skip

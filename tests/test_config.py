@@ -1,0 +1,118 @@
+"""One configuration: every entry point accepts and refuses exactly the same values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlin
+from jaxlin import parallel, stream
+from jaxlin.checkpoint import fit_with_checkpoints
+
+KEY = jax.random.key(0)
+P2 = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}
+X8, Y8 = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)), jnp.float32), jnp.ones(8)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return stream.generate_shards(KEY, tmp_path_factory.mktemp("cfg") / "ds", 8, d=2)
+
+
+def _estimator(**kw):
+    sk = pytest.importorskip("jaxlin.sklearn")
+    return sk.SGDLinearRegression(**kw).fit(np.asarray(X8), np.asarray(Y8))
+
+
+# Each entry point, called with one bad training setting (and good everything else).
+ENTRY_POINTS = {
+    "fit": lambda t, **kw: jaxlin.fit(P2, (X8, Y8), key=KEY, **kw),
+    "fit_data_parallel": lambda t, **kw: parallel.fit_data_parallel(
+        P2, (X8, Y8), key=KEY, mesh=parallel.data_mesh(1), **kw
+    ),
+    "fit_stream": lambda t, **kw: stream.fit_stream(P2, t, key=KEY, **kw),
+    "sweep": lambda t, **kw: jaxlin.sweep(
+        (X8, Y8), (X8, Y8), lrs=[kw.pop("lr", 0.03)], seeds=1, key=KEY, **{"batch_size": 4, **kw}
+    ),
+    "estimator": lambda t, **kw: _estimator(**kw),
+    "checkpoints": lambda t, **kw: fit_with_checkpoints(
+        P2, (X8, Y8), key=KEY, checkpoint_dir=t.root.parent / "ckpt", **kw
+    ),
+}
+
+BAD = [
+    (dict(lr=-1.0), ValueError, "lr must be > 0, got -1.0"),
+    (dict(lr=float("nan")), ValueError, "lr must be finite, got nan"),
+    (dict(lr="0.1"), TypeError, "lr must be a real number, got '0.1'"),
+    (dict(max_epochs=0), ValueError, "max_epochs must be an int >= 1, got 0"),
+    (dict(max_epochs=2.0), TypeError, "max_epochs must be an int >= 1, got 2.0"),
+    (dict(batch_size=0), ValueError, "batch_size must be an int >= 1, got 0"),
+    (dict(batch_size=True), TypeError, "batch_size must be an int >= 1, got True"),
+    (dict(shuffle=1), TypeError, "shuffle must be True or False, got 1"),
+    (dict(gradient_clip_val=-1.0), ValueError, "gradient_clip_val must be >= 0, got -1.0"),
+    (dict(gradient_clip_val=float("inf")), ValueError, "gradient_clip_val must be finite"),
+]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("kwargs, error, message", BAD, ids=lambda v: str(v)[:30])
+def test_every_entry_point_refuses_the_same_values_the_same_way(
+    entry, kwargs, error, message, shards
+):
+    with pytest.raises(error) as info:
+        ENTRY_POINTS[entry](shards, **dict(kwargs))
+    with pytest.raises(error) as direct:
+        jaxlin.TrainConfig(**kwargs)
+    if entry == "sweep" and "lr" in kwargs:  # sweep's argument is a list, lrs
+        message = message.replace("lr ", "lrs ", 1)
+    else:
+        assert str(direct.value) == str(info.value)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+@pytest.mark.parametrize("entry", ["fit", "fit_data_parallel", "fit_stream", "checkpoints"])
+def test_entry_points_refuse_a_batch_larger_than_the_data_alike(entry, shards):
+    with pytest.raises(ValueError) as info:
+        ENTRY_POINTS[entry](shards, batch_size=9)
+    assert str(info.value) == "batch_size must be <= the number of training examples (8), got 9"
+
+
+def test_config_is_frozen_hashable_and_canonical():
+    a = jaxlin.TrainConfig(lr=jnp.float32(0.5), max_epochs=np.int64(2))
+    assert a == jaxlin.TrainConfig(lr=0.5, max_epochs=2) and hash(a) == hash(
+        jaxlin.TrainConfig(lr=0.5, max_epochs=2)
+    )
+    assert type(a.lr) is float and type(a.max_epochs) is int
+    with pytest.raises(AttributeError):
+        a.lr = 0.1  # type: ignore[misc]
+    assert jaxlin.TrainConfig().clip is None and jaxlin.TrainConfig(gradient_clip_val=2).clip == 2
+
+
+def test_fit_keywords_override_the_config(key):
+    s = jaxlin.synthetic_splits(key, num_train=64, num_val=16)
+    p = jaxlin.init_params(key, 2)
+    config = jaxlin.TrainConfig(lr=0.1, max_epochs=2, batch_size=16)
+    _a, ha = jaxlin.fit(p, s.train, key=key, config=config, lr=0.05)
+    _b, hb = jaxlin.fit(p, s.train, key=key, lr=0.05, max_epochs=2, batch_size=16)
+    np.testing.assert_array_equal(ha.train_loss, hb.train_loss)
+    assert ha.train_loss.shape == (2, 4)
+
+
+def test_fit_accepts_a_jax_scalar_lr_and_refuses_to_be_traced(key):
+    s = jaxlin.synthetic_splits(key, num_train=64, num_val=16)
+    p = jaxlin.init_params(key, 2)
+    a, _ = jaxlin.fit(p, s.train, key=key, lr=jnp.asarray(0.05))
+    b, _ = jaxlin.fit(p, s.train, key=key, lr=0.05)
+    np.testing.assert_array_equal(a["w"], b["w"])
+    for transform in (jax.jit, jax.grad, jax.vmap):
+        lrs = jnp.asarray([0.05, 0.1]) if transform is jax.vmap else jnp.asarray(0.05)
+        with pytest.raises(TypeError, match=r"jaxlin.fit is a checked host driver .*make_train"):
+            transform(lambda lr: jaxlin.fit(p, s.train, key=key, lr=lr)[0]["b"][0])(lrs)
+
+
+def test_old_import_paths_still_serve_the_moved_names():
+    from jaxlin import train
+
+    assert train.fit is jaxlin.fit and train.History is jaxlin.History
+    assert train.run_epochs is jaxlin.run_epochs and train.ENGINES == jaxlin.ENGINES
+    assert jaxlin.SEED_W == jaxlin.TRUE_W and jaxlin.SEED_B == jaxlin.TRUE_B
