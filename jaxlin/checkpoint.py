@@ -227,10 +227,8 @@ def fit_with_checkpoints(
     directory = Path(checkpoint_dir)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint_dir {directory}: exists and is not a folder")
-    train_config = configs.make_config(
-        fit_kwargs.pop("config", None), max_epochs=max_epochs,
-        **{k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in configs.FIELDS},
-    )  # fmt: skip
+    settings = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in configs.FIELDS}
+    train_config = configs.make_config(None, max_epochs=max_epochs, **settings)
     max_epochs = train_config.max_epochs
     _, (X, y), val, _ = configs.training_data(params, train, val, train_config)
     full_config = {

@@ -39,3 +39,50 @@ def count_compiles():
         yield count
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# `pytest -m "not slow"`: the lecture's core in under a minute. Slow are the
+# tests of the scale-out and the tools (subprocesses, notebooks, many devices,
+# files on disk, the command line) and the property tests that compile a new
+# program per drawn example; plain `pytest` runs everything.
+SLOW_FILES = {
+    "test_bad_input.py",
+    "test_checkpoint.py",
+    "test_cli.py",
+    "test_cli_robust.py",
+    "test_multihost.py",
+    "test_notebooks.py",
+    "test_parallel.py",
+    "test_sklearn.py",
+    "test_stream.py",
+    "test_sweep.py",
+}
+SLOW_TESTS = {
+    "test_gradient_equals_analytic_gradient",
+    "test_bijection_for_random_sizes_and_keys",
+    "test_full_batch_shuffled_epochs_compile_for_power_of_two_sizes",
+    "test_gradient_of_the_final_val_loss_wrt_lr_matches_finite_differences",
+    "test_every_example_exactly_once_and_last_batch_partial",
+    "test_fit_never_returns_non_finite_params_without_raising",
+    "test_same_key_same_result_bit_for_bit",
+    "test_compiled_engine_uses_every_example_exactly_once_per_epoch",
+    "test_positions_are_uniform_over_keys",
+    "test_permutation_is_a_bijection",
+    "test_elementwise_form_agrees_with_full_permutation",
+    "test_run_order_is_a_bijection",
+    "test_run_order_reads_stretches_and_mixes_runs_in_each_batch",
+    "test_feistel_inverse_undoes_the_network",
+    "test_make_train_is_fit_and_composes_with_jit_and_vmap",
+    "test_step_engine_compiles_nothing_that_grows_with_the_number_of_steps",
+    "test_affine_engine_matches_steps_over_many_small_batches",
+    "test_start_epoch_continues_the_same_run",
+    "test_engines_agree_on_shuffled_batches",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests of ``SLOW_FILES`` and ``SLOW_TESTS`` as ``slow``."""
+    del config
+    for item in items:
+        if item.path.name in SLOW_FILES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)

@@ -13,10 +13,10 @@ from jaxlin.engines.compiled import run_epochs
 
 @pytest.fixture
 def batch(key):
-    """Four minibatches of the lecture's shape and one set of parameters."""
+    """Three minibatches of the lecture's shape and one set of parameters."""
     kx, ky, kp = jax.random.split(key, 3)
-    Xs = jax.random.normal(kx, (4, 16, 2))
-    ys = jax.random.normal(ky, (4, 16, 1))
+    Xs = jax.random.normal(kx, (3, 16, 2))
+    ys = jax.random.normal(ky, (3, 16, 1))
     return Xs, ys, jaxlin.init_params(kp, 2, sigma=1.0)
 
 
