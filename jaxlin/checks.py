@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import weakref
 
 import jax
@@ -207,3 +208,35 @@ def loader_data(X, y) -> tuple[jax.Array, jax.Array]:
 def is_traced(value) -> bool:
     """Whether ``value`` is a tracer: an argument inside ``jax.jit``, ``vmap`` or ``grad``."""
     return isinstance(value, jax.core.Tracer)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory in bytes (what a request is checked against)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf: do not refuse anything
+        return 1 << 62
+
+
+def _size(num_bytes: float) -> str:
+    """``num_bytes`` in the largest binary unit that keeps it >= 1, e.g. ``'7.5 GiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if num_bytes < 1024 or unit == "PiB":
+            return f"{num_bytes:.3g} {unit}" if unit != "B" else f"{int(num_bytes)} B"
+        num_bytes /= 1024
+    raise AssertionError  # unreachable
+
+
+def fits_in_memory(name: str, value, num_values: int, dtype="float32") -> None:
+    """Refuse, before anything is allocated, a request whose arrays cannot fit in memory.
+
+    ``num_values`` elements of ``dtype`` are what the request ``name=value``
+    needs; the error says how much that is and how much the machine has.
+    """
+    need = int(num_values) * np.dtype(dtype).itemsize
+    have = memory_bytes()
+    if need > have:
+        raise ValueError(
+            f"{name}={value} needs {_size(need)} of memory for its arrays, "
+            f"but this machine has {_size(have)}"
+        )
