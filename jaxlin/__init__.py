@@ -19,9 +19,17 @@ from jaxlin.data import (
     synthetic_splits,
 )
 from jaxlin.engines import make_train, run_epochs
+from jaxlin.engines.trajectory import trajectory
 from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
 from jaxlin.optim import clip_by_global_norm, global_norm, sgd
-from jaxlin.plot import plot_history, plot_sweep, save_history_plot, save_sweep_plot
+from jaxlin.plot import (
+    plot_history,
+    plot_sweep,
+    plot_trajectory,
+    save_history_plot,
+    save_sweep_plot,
+    save_trajectory_plot,
+)
 from jaxlin.shuffle import epoch_key, permutation, permute_indices
 from jaxlin.sweep import Selection, Summary, SweepResult, config_keys, select, summarize, sweep
 from jaxlin.train import train_epoch, train_step
@@ -79,9 +87,11 @@ __all__ = [  # noqa: RUF022 (SGDLinearRegression is lazy: scikit-learn is option
     "permute_indices",
     "plot_history",
     "plot_sweep",
+    "plot_trajectory",
     "run_epochs",
     "save_history_plot",
     "save_sweep_plot",
+    "save_trajectory_plot",
     "select",
     "split_batches",
     "sgd",
@@ -92,4 +102,5 @@ __all__ = [  # noqa: RUF022 (SGDLinearRegression is lazy: scikit-learn is option
     "synthetic_splits",
     "train_epoch",
     "train_step",
+    "trajectory",
 ]

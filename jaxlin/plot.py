@@ -1,4 +1,4 @@
-"""Figures drawn from a ``History`` or a sweep: the loss curves of the lecture's ``ProgressBoard``.
+"""Figures from a ``History``, a sweep or a trajectory: the lecture's ``ProgressBoard`` and more.
 
 ``plot_*`` draw on the Axes they are given (or on a new pyplot figure, for a
 notebook); ``save_*`` draw on a ``matplotlib.figure.Figure`` of their own and
@@ -30,12 +30,17 @@ def plot_history(history: History, ax=None, *, title: str | None = None):
     ax.set_xlabel("epoch")
     ax.set_ylabel("squared loss")
     ax.set_yscale("log")
-    ax.set_xlim(0, epochs)
+    ax.set_xlim(0, epochs + _pad(epochs))  # room for the last validation marker
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     if title:
         ax.set_title(title)
     return ax
+
+
+def _pad(epochs: int) -> float:
+    """Space right of the last epoch so that a marker drawn on it is not cut in half."""
+    return max(0.04 * epochs, 0.08)
 
 
 def _figure(figsize: tuple[float, float]):
@@ -105,7 +110,7 @@ def plot_sweep(result, *, axes=None):
             title += f": test loss {chosen.test_loss:.3g}"
         curves.set_title(title)
         curves.set_yscale("log")
-        curves.set_xlim(0, epochs)
+        curves.set_xlim(0, epochs + _pad(epochs))
         curves.legend()
     else:
         curves.set_title("every learning rate diverged")
@@ -121,4 +126,75 @@ def save_sweep_plot(result, path) -> None:
     """Write ``plot_sweep`` to ``path`` (PNG, PDF, SVG...) without a display."""
     figure = _figure((11, 3.8))
     plot_sweep(result, axes=figure.subplots(1, 2))
+    figure.savefig(path, dpi=120)
+
+
+def _profile_loss(X: np.ndarray, y: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """``min over b`` of the mean squared loss at each ``w = (w1, w2)``, in closed form.
+
+    For a fixed ``w`` the best bias is ``mean(y - X w)``, and what remains is
+    ``(var(y) - 2 w . cov(X, y) + w^T cov(X) w) / 2``: a quadratic in ``w``
+    from the data's first and second moments, evaluated on the whole grid.
+    """
+    Xc, yc = X - X.mean(0), y - y.mean()
+    C, c, v = Xc.T @ Xc / len(X), Xc.T @ yc / len(X), yc @ yc / len(X)
+    W = np.stack([w1, w2], axis=-1)  # (..., 2)
+    return (v - 2 * W @ c + np.einsum("...i,ij,...j->...", W, C, W)) / 2
+
+
+def plot_trajectory(paths, train, ax=None, *, title: str | None = None, lims=None):
+    """SGD's path through ``(w1, w2)`` on the contours of the loss; returns the Axes.
+
+    ``paths``: one ``(steps + 1, 3)`` array of ``[w1, w2, b]`` rows (what
+    ``jaxlin.trajectory`` returns for ``d = 2``), or a dict of them by label.
+    ``train``: the ``(X, y)`` they were trained on. The contours are the
+    squared loss with ``b`` at its best value for each ``w`` (computed from
+    the data in closed form), so their centre, marked, is the least-squares
+    solution. ``lims``: ``((w1_min, w1_max), (w2_min, w2_max))``; by default
+    a box around every path's start and the solution, so a path that
+    diverges leaves the picture.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4.2), layout="constrained")
+    paths = paths if isinstance(paths, dict) else {None: paths}
+    paths = {label: np.asarray(path, np.float64) for label, path in paths.items()}
+    if any(path.ndim != 2 or path.shape[1] != 3 for path in paths.values()):
+        raise ValueError("each path must have shape (steps + 1, 3): rows [w1, w2, b], d = 2")
+    X = np.asarray(train[0], np.float64)
+    y = np.asarray(train[1], np.float64).reshape(-1)
+    A = np.hstack([X, np.ones((len(X), 1))])
+    best = np.linalg.lstsq(A, y, rcond=None)[0]
+    if lims is None:
+        corners = np.vstack([best[:2], *(path[0, :2] for path in paths.values())])
+        lo, hi = corners.min(0), corners.max(0)
+        span = max(float((hi - lo).max()), 1e-3)
+        lims = tuple((lo[i] - 0.35 * span, hi[i] + 0.35 * span) for i in range(2))
+    w1, w2 = np.meshgrid(np.linspace(*lims[0], 200), np.linspace(*lims[1], 200))
+    loss = _profile_loss(X, y, w1, w2)
+    floor = max(float(loss.min()), 1e-12)
+    levels = np.geomspace(floor * 1.5, float(loss.max()), 12)
+    ax.contour(w1, w2, loss, levels=levels, colors="0.6", linewidths=0.7)
+    for i, (label, path) in enumerate(paths.items()):
+        color = f"C{i}"
+        marker = "." if len(path) <= 200 else None  # few steps: show each one
+        ax.plot(path[:, 0], path[:, 1], "-", marker=marker, ms=4, color=color, lw=0.9, label=label)
+        ax.plot(*path[0, :2], "o", color=color, ms=5)
+    ax.plot(*best[:2], "k*", ms=11, label="least squares")
+    ax.set_xlim(*lims[0])
+    ax.set_ylim(*lims[1])
+    ax.set_aspect("equal")  # a round contour looks round
+    ax.set_xlabel("$w_1$")
+    ax.set_ylabel("$w_2$")
+    ax.legend(fontsize="small", loc="best")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def save_trajectory_plot(paths, train, path, *, title: str | None = None) -> None:
+    """Write ``plot_trajectory`` to ``path`` (PNG, PDF, SVG...) without a display."""
+    figure = _figure((5, 4.2))
+    plot_trajectory(paths, train, figure.subplots(), title=title)
     figure.savefig(path, dpi=120)
