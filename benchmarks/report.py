@@ -1,0 +1,268 @@
+"""Write the documentation's benchmarks page from the benchmark scripts' JSON.
+
+    python benchmarks/report.py            # writes docs/benchmarks.md
+    python benchmarks/report.py --check    # exit 1 if docs/benchmarks.md is not up to date
+
+Every figure on the page is read from ``benchmarks/results/*.json``: the
+tables, the machine, the versions and the date. A JSON that records no date
+is dated by its last commit (``git log -1 --format=%cs -- FILE``), and the
+page's footer says which dates came from where. ``tests/test_docs.py``
+regenerates the page and compares it with the committed one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "benchmarks.md"
+FIGURE = "benchmarks/results/scaling_cpu.png"  # as the site serves it (docs/hooks.py)
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+def commit_date(path: Path) -> str | None:
+    """The date of the last commit that touched ``path``, or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%cs", "--", rel(path)],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class Dates:
+    """Each file's date: the JSON's own ``timestamp``, else its last commit's."""
+
+    def __init__(self):
+        self.recorded: list[str] = []
+        self.from_git: list[str] = []
+
+    def __call__(self, path: Path, data: dict) -> str:
+        if isinstance(data.get("timestamp"), str):
+            self.recorded.append(rel(path))
+            return data["timestamp"].split(" ")[0]
+        self.from_git.append(rel(path))
+        return commit_date(path) or "unknown (not committed)"
+
+
+def ms(s: float) -> str:
+    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def rate(x: float) -> str:
+    return f"{x / 1e6:.3g} M" if x >= 1e5 else f"{x / 1e3:.3g} k"
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def bench_section(path: Path, dates: Dates) -> list[str]:
+    data = json.loads(path.read_text())
+    env = data["env"]
+    out = [f"## Engines (`{rel(path)}`)", ""]
+    out += [
+        f"Made by `python benchmarks/bench.py` on {dates(path, data)}: "
+        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, backend {env['backend']}; "
+        f"Python {env.get('python', '?')}, jax {env['jax']}, jaxlib {env['jaxlib']}"
+        + (f", torch {env['torch']}" if env.get("torch") else "")
+        + ". Memory read bandwidth measured in the same run: "
+        f"{data['bandwidth_gbps']:.3g} GB/s with every core (a jitted sum), "
+        f"{data['one_core_bandwidth_gbps']:.3g} GB/s on one core (numpy's sum).",
+        "",
+        "Before it times anything, the script checks that every implementation ends "
+        "within 1e-5 of the same parameters, on the same data, initial parameters and "
+        "batch order. Times are the median and range of the steady-state repeats, "
+        "with the first call (compilation included) apart.",
+        "",
+        "### The lecture's problem",
+        "",
+        "1000 training and 1000 validation examples, d = 2, batch 32, lr 0.03, "
+        "3 epochs. The reference is the lecture's PyTorch code "
+        "(`benchmarks/torch_reference.py`).",
+        "",
+    ]
+    rows = data["default_problem"]
+    ref = rows[0]["median_s"]
+    body = []
+    for r in rows:
+        name = r["name"] + (f" (`XLA_FLAGS={r['xla_flags']}`)" if r.get("xla_flags") else "")
+        body.append([
+            name, ms(r["median_s"]), f"{ms(r['min_s'])} - {ms(r['max_s'])}",
+            ms(r["first_s"]), rate(r["samples_per_s"]), f"{ref / r['median_s']:.3g}",
+        ])  # fmt: skip
+    out += table(
+        ["implementation", "median", "min - max", "first call", "samples/s",
+         f"x {rows[0]['name']}"],
+        body,
+    )  # fmt: skip
+
+    out += ["### Scaling", "", f"![Samples per second against n, d and batch size]({FIGURE})", ""]
+    out += [
+        "Samples per second of each engine's steady state (`run_epochs` compiled; "
+        "`step`: the jitted step in a Python loop; `torch`: the reference). The floor "
+        "is the time to read X and y once at the measured bandwidth; the last columns "
+        "give the fastest compiled engine's fraction of it, with every core and with one.",
+        "",
+    ]
+    engines = ["scan", "affine", "step", "torch"]
+    body = []
+    for r in data["scaling"]:
+        epochs = f"{r['epochs']} epoch" + "s" * (r["epochs"] != 1)
+        problem = f"n = {r['n']:,}, d = {r['d']}, batch {r['batch_size']}, {epochs}"
+        cells = [rate(r[e]["samples_per_s"]) if e in r else "-" for e in engines]
+        body.append([
+            r["axis"], problem, *cells, f"{r['best_compiled_vs_floor']:.1%}",
+            f"{r['best_compiled_vs_one_core_floor']:.1%}",
+        ])  # fmt: skip
+    out += table(["varies", "problem", *engines, "of floor", "of one-core floor"], body)
+
+    out += ["### Compile time", "", "3 epochs, without the persistent compilation cache.", ""]
+    body = [
+        [f"{r['n']:,}", r["engine"], f"{r['trace_s']:.3g} s", f"{r['compile_s']:.3g} s"]
+        for r in data["compile"]
+    ]
+    out += table(["n", "engine", "trace", "compile"], body)
+
+    out += [
+        "### Whole process",
+        "",
+        "The lecture's run as a process, from start to exit (medians).",
+        "",
+    ]
+    out += table(["command", "time"], [[k, f"{v:.3g} s"] for k, v in data["processes"].items()])
+    return out
+
+
+def sweep_section(path: Path, dates: Dates) -> list[str]:
+    data = json.loads(path.read_text())
+    out = [f"### `{rel(path)}`", ""]
+    out += [
+        f"{dates(path, data)}: {data.get('cpu', '?')}, {data.get('cpu_count', '?')} cores, "
+        f"backend {data['backend']}, jax {data['jax_version']}; medians of "
+        f"{data['repeats']} repeats. Problem: {data['problem']}.",
+        "",
+    ]
+    body = [
+        [
+            r["grid"], f"{r['configs']:,}", ms(r["sweep_s"]), f"{r['ratio_vs_fit']:.3g}",
+            f"{r['ratio_vs_scan']:.3g}", f"{r['configs_per_s']:,.0f}", f"{r['compile_s']:.3g} s",
+        ]
+        for r in data["rows"]
+    ]  # fmt: skip
+    out += table(
+        ["grid", "configs", "sweep", "x one `fit`", "x one compiled run", "configs/s", "compile"],
+        body,
+    )
+    return out
+
+
+def stream_section(path: Path, dates: Dates) -> list[str]:
+    data = json.loads(path.read_text())
+    date = dates(path, data)
+    out = [f"## Data on disk (`{rel(path)}`)", ""]
+    out += [
+        f"Made by `python benchmarks/bench_stream.py` on {date}, with the data in the page "
+        "cache. Throughput is over the median of every epoch after the first, the modes "
+        "taking turns over the rounds; peak RSS is the process's own.",
+        "",
+    ]
+    for run in data.values():
+        gib = run["data_bytes"] / 2**30
+        out += [
+            f"### {run['num_examples']:,} x {run['d']} ({gib:.3g} GiB, {run['shards']} shards)",
+            "",
+            f"Batch {run['batch_size']}, {run['epochs']} epochs, {run['rounds']} round(s); "
+            f"backend {run['backend']}, {run['cpus']} cores, jax {run['jax_version']}. "
+            f"Generating the data took {run['generate_s']:.3g} s "
+            f"(peak RSS {run['generate_peak_rss_mib']:.0f} MiB).",
+            "",
+        ]
+        memory = next((r for r in run["runs"] if r["mode"] == "memory"), None)
+        body = []
+        for r in run["runs"]:
+            ratio = f"{r['examples_per_s'] / memory['examples_per_s']:.2f}" if memory else "-"
+            body.append([
+                r["mode"], rate(r["examples_per_s"]), ratio,
+                f"{r['steady_epoch_median_s']:.3g} s", f"{r['peak_rss_mib']:.0f} MiB",
+            ])  # fmt: skip
+        out += table(["mode", "examples/s", "x in memory", "epoch", "peak RSS"], body)
+    return out
+
+
+def render() -> str:
+    """The page, from the JSON files as they are now."""
+    dates = Dates()
+    lines = [
+        "<!-- Generated by `python benchmarks/report.py` from benchmarks/results/*.json;"
+        " do not edit. -->",
+        "",
+        "# Benchmarks",
+        "",
+        "Every figure on this page is read from the JSON that the benchmark scripts "
+        "write, with the machine and versions they record. To measure your own machine:",
+        "",
+        "```bash",
+        'pip install -e ".[bench]"',
+        "python benchmarks/bench.py && python benchmarks/report.py",
+        "```",
+        "",
+    ]
+    for path in sorted(RESULTS.glob("bench_*.json")):
+        lines += bench_section(path, dates)
+    sweeps = sorted(RESULTS.glob("sweep*.json"))
+    if sweeps:
+        lines += [
+            "## Sweeps",
+            "",
+            "`python benchmarks/bench_sweep.py`: grids of learning rates x seeds through "
+            "`jaxlin.sweep` (its checks, one compiled call, the host copies), against one "
+            "configuration trained with `fit` and with its compiled program alone.",
+            "",
+        ]
+        for path in sweeps:
+            lines += sweep_section(path, dates)
+    stream = RESULTS / "stream.json"
+    if stream.exists():
+        lines += stream_section(stream, dates)
+    lines += ["---", ""]
+    if dates.recorded:
+        lines += ["Dates recorded in the JSON: " + ", ".join(f"`{p}`" for p in dates.recorded), ""]
+    if dates.from_git:
+        lines += [
+            "These JSON files record no date; theirs is the date of their last commit "
+            "(`git log -1 --format=%cs -- FILE`): " + ", ".join(f"`{p}`" for p in dates.from_git),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not PAGE.exists() or PAGE.read_text() != text:
+            print(f"{rel(PAGE)} is out of date: run python benchmarks/report.py", file=sys.stderr)
+            return 1
+        return 0
+    PAGE.write_text(text)
+    print(f"wrote {rel(PAGE)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

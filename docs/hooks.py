@@ -1,0 +1,284 @@
+"""The documentation site's build hooks (``mkdocs.yml``: ``hooks: [docs/hooks.py]``).
+
+The API reference is generated from the code at every build, so that a new
+public name or a new module appears without anyone listing it:
+
+- the public modules are every module of ``jaxlin`` whose dotted name has no
+  part starting with ``_``, except ``jaxlin.cli``, whose public interface is the
+  ``jaxlin`` command (the command-line page prints its parsers' help);
+- a module's public names are its ``__all__``, or, without one, the names it
+  defines at top level (``def``, ``class``, assignment) that do not start
+  with ``_``;
+- each name is rendered once, by mkdocstrings, on the page of the module that
+  defines it; a module that re-exports it (``jaxlin``, a package's
+  ``__init__``) links there instead, through a cross-reference that breaks the
+  ``--strict`` build if the target is missing.
+
+Everything is read from the source with ``ast`` (nothing is imported), so
+``tests/test_docs.py`` uses the same functions without the ``docs`` extra. A
+public module, function or class without a docstring is a build warning, and
+``mkdocs build --strict`` turns it into an error.
+
+The notebooks (``notebooks/*.py``) are added to the site from where they are,
+and executed by mkdocs-jupyter with ``JAXLIN_NB_SMALL=1`` on the CPU, the
+settings of ``tests/test_notebooks.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "jaxlin"
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+# The command line's modules: documented as the `jaxlin` command, not as an API.
+NOT_API = ("jaxlin.cli",)
+# The lecture's modules first, in the lecture's order; then the rest by name.
+FIRST = ("jaxlin.data", "jaxlin.model", "jaxlin.optim", "jaxlin.train", "jaxlin.config")
+
+log = logging.getLogger("mkdocs.plugins.jaxlin")
+
+
+@dataclass
+class Module:
+    """One module as its source declares it."""
+
+    name: str
+    path: Path
+    tree: ast.Module
+    all: list[str] | None
+    defined: dict[str, ast.AST] = field(default_factory=dict)  # top-level definitions
+    imports: dict[str, str] = field(default_factory=dict)  # name -> module it comes from
+
+    @property
+    def public(self) -> list[str]:
+        """``__all__``, or the top-level names it defines that do not start with ``_``."""
+        if self.all is not None:
+            return list(self.all)
+        return [n for n in self.defined if not n.startswith("_")]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level(body):
+    """Statements at module level, including those inside top-level ``if`` and ``try``."""
+    for node in body:
+        yield node
+        if isinstance(node, ast.If):
+            yield from _top_level(node.body)
+            yield from _top_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *[h.body for h in node.handlers]):
+                yield from _top_level(block)
+
+
+def _parse(path: Path) -> Module:
+    name = _module_name(path)
+    tree = ast.parse(path.read_text(), filename=str(path))
+    module = Module(name, path, tree, None)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in _top_level(tree.body):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            module.defined[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in (n for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
+                if target.id == "__all__":
+                    module.all = list(ast.literal_eval(node.value))
+                else:  # a, b = ... defines both
+                    module.defined[target.id] = node
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:
+                module.imports[alias.asname or alias.name] = base
+    return module
+
+
+def modules() -> dict[str, Module]:
+    """Every module of the package, by dotted name (private ones too: re-exports resolve)."""
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _parse(path)
+        found[module.name] = module
+    return found
+
+
+def is_public(name: str) -> bool:
+    """A module of the public API: no part starts with ``_``, and not the command line."""
+    parts = name.split(".")
+    return not any(p.startswith("_") for p in parts) and not any(
+        name == m or name.startswith(m + ".") for m in NOT_API
+    )
+
+
+def public_modules(mods: dict[str, Module] | None = None) -> list[str]:
+    """The public modules, the lecture's first."""
+    mods = modules() if mods is None else mods
+    names = [n for n in mods if is_public(n) and n != "jaxlin"]
+    first = [n for n in FIRST if n in names]
+    return ["jaxlin", *first, *sorted(n for n in names if n not in first)]
+
+
+def home(mods: dict[str, Module], module: str, name: str, seen=()) -> str:
+    """The dotted path where ``module.name`` is rendered: the public module that defines it."""
+    m = mods[module]
+    if name in m.defined:
+        return f"{module}.{name}"
+    if name in m.imports and m.imports[name] in mods and (m.imports[name], name) not in seen:
+        target = home(mods, m.imports[name], name, (*seen, (module, name)))
+        # A name defined in a private module is rendered where it is made public.
+        return target if is_public(target.rpartition(".")[0]) else f"{module}.{name}"
+    # Neither defined nor imported here (a lazy ``__getattr__``): the one module that defines it.
+    owners = [n for n, other in mods.items() if is_public(n) and name in other.defined]
+    if len(owners) != 1:
+        raise LookupError(f"{module}.{name}: defined in {owners or 'no public module'}")
+    return f"{owners[0]}.{name}"
+
+
+def api(mods: dict[str, Module] | None = None) -> dict[str, dict[str, str]]:
+    """For each public module, its public names and where each one is rendered."""
+    mods = modules() if mods is None else mods
+    return {m: {n: home(mods, m, n) for n in mods[m].public} for m in public_modules(mods)}
+
+
+def page_path(module: str) -> str:
+    """The source path of a module's API page, relative to ``docs/``."""
+    return "api/index.md" if module == "jaxlin" else f"api/{module}.md"
+
+
+def _summary(mods: dict[str, Module], dotted: str) -> str:
+    module, _, name = dotted.rpartition(".")
+    node = mods[module].defined.get(name)
+    if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+        value = ast.unparse(node.value)
+        text = f"`= {value if len(value) <= 60 else value[:57] + '...'}`"
+    else:
+        doc = ast.get_docstring(node) if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else None
+        text = (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+    return text.replace("|", "\\|")
+
+
+def pages(mods: dict[str, Module] | None = None) -> dict[str, str]:
+    """The API reference's Markdown pages, by path under ``docs/``."""
+    mods = modules() if mods is None else mods
+    out = {}
+    for module, names in api(mods).items():
+        own = [n for n, where in names.items() if where == f"{module}.{n}"]
+        elsewhere = {n: where for n, where in names.items() if n not in own}
+        lines = [f"# `{module}`", ""]
+        lines += [f"::: {module}", "    options:", "      members: false"]
+        lines += ["      show_root_heading: false", ""]
+        if module == "jaxlin":
+            lines += [
+                "Every name below is importable as `jaxlin.NAME`; each links to the",
+                "module that defines it.",
+                "",
+                "| name | what it is |",
+                "|---|---|",
+            ]
+            lines += [f"| [`{n}`][{w}] | {_summary(mods, w)} |" for n, w in elsewhere.items()]
+            lines.append("")
+        elif elsewhere:
+            lines += ["Also importable from here:", ""]
+            lines += [
+                f"- [`{n}`][{w}], from `{w.rpartition('.')[0]}`" for n, w in elsewhere.items()
+            ]
+            lines.append("")
+        for n in own:
+            lines += [f"::: {module}.{n}", ""]
+        out[page_path(module)] = "\n".join(lines)
+    return out
+
+
+def missing_docstrings(mods: dict[str, Module] | None = None) -> list[str]:
+    """Public modules, functions and classes of the reference that have no docstring."""
+    mods = modules() if mods is None else mods
+    missing = []
+    for module, names in api(mods).items():
+        if not ast.get_docstring(mods[module].tree):
+            missing.append(f"module {module}")
+        for n, where in names.items():
+            if where != f"{module}.{n}":
+                continue
+            node = mods[module].defined[n]
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if not ast.get_docstring(node):
+                    missing.append(where)
+    return missing
+
+
+def cli_help() -> str:
+    """Every subcommand's ``--help``, as the parser prints it (100 columns)."""
+    import argparse
+
+    os.environ["COLUMNS"] = "100"
+    from jaxlin.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    blocks = [("jaxlin --help", parser.format_help())]
+    blocks += [(f"jaxlin {name} --help", p.format_help()) for name, p in sub.choices.items()]
+    return "\n".join(f"### `{title}`\n\n```text\n{text.rstrip()}\n```\n" for title, text in blocks)
+
+
+# ---- mkdocs hooks -----------------------------------------------------------------------
+
+
+def on_config(config):
+    """The notebooks' kernel: this checkout, the CPU, the tests' small sizes, inline figures."""
+    os.environ["JAXLIN_NB_SMALL"] = "1"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ.pop("MPLBACKEND", None)
+    path = [str(ROOT), os.environ.get("PYTHONPATH")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+    api_nav = []
+    for module in public_modules():
+        api_nav.append({module: page_path(module)})
+    notebooks = [f"notebooks/{p.name}" for p in NOTEBOOKS]
+    for entry in config.nav:
+        if isinstance(entry, dict) and "Notebooks" in entry:
+            entry["Notebooks"] = notebooks
+        if isinstance(entry, dict) and "API reference" in entry:
+            entry["API reference"] = api_nav
+    return config
+
+
+def _priority(value):
+    try:
+        from mkdocs.plugins import event_priority
+    except ImportError:  # imported by the tests, without mkdocs
+        return lambda f: f
+    return event_priority(value)
+
+
+@_priority(100)  # before mkdocs-jupyter's on_files, which wraps the notebooks
+def on_files(files, config):
+    """Add the generated API pages, the notebooks and the benchmark figure to the site."""
+    from mkdocs.structure.files import File
+
+    mods = modules()
+    for problem in missing_docstrings(mods):
+        log.warning("no docstring: %s (the API reference renders every public name)", problem)
+    for path, text in pages(mods).items():
+        files.append(File.generated(config, path, content=text))
+    for extra in [*NOTEBOOKS, ROOT / "benchmarks/results/scaling_cpu.png"]:
+        rel = extra.relative_to(ROOT).as_posix()
+        files.append(File(rel, str(ROOT), config["site_dir"], config["use_directory_urls"]))
+    return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    """The command-line page gets the parsers' help text."""
+    if page.file.src_uri == "cli.md":
+        return markdown.replace("<!-- cli-help -->", cli_help())
+    return markdown
