@@ -48,7 +48,19 @@ def synthetic_data(
     w, b = checks.true_params(w, b)
     num_examples = checks.positive_int("num_examples", num_examples)
     noise = checks.finite_float("noise", noise, nonnegative=True)
+    check_draw_memory({"num_examples": num_examples}, w)
     return _draw(key, w, b, noise, (num_examples,))[0]
+
+
+def check_draw_memory(sizes: dict[str, int], w: jax.Array) -> None:
+    """Refuse a draw whose rows cannot fit in memory, before anything is allocated.
+
+    A draw of ``n`` rows holds ``X`` and ``y`` (``n * (d + 1)`` floats) and
+    its splits as much again; the message names the largest of ``sizes``.
+    """
+    name = max(sizes, key=sizes.get)
+    num_values = 2 * sum(sizes.values()) * (w.shape[0] + 1)
+    checks.fits_in_memory(name, sizes[name], num_values, w.dtype)
 
 
 @partial(jax.jit, static_argnames=("sizes",))
@@ -84,6 +96,7 @@ def synthetic_splits(
     key = checks.key("key", key)
     w_true, b_true = checks.true_params(w, b)
     noise = checks.finite_float("noise", noise, nonnegative=True)
+    check_draw_memory({"num_train": num_train, "num_val": num_val, "num_test": num_test}, w_true)
     sizes = (num_train, num_val, num_test) if num_test else (num_train, num_val)
     train, val, *test = _draw(key, w_true, b_true, noise, sizes)
     return Splits(train, val, test[0] if test else None, w_true, b_true)

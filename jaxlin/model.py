@@ -27,6 +27,7 @@ def init_params(key: jax.Array, num_inputs: int, sigma: float = 0.01) -> Params:
     key = checks.key("key", key)
     num_inputs = checks.positive_int("num_inputs", num_inputs)
     sigma = checks.finite_float("sigma", sigma, nonnegative=True)
+    checks.fits_in_memory("num_inputs", num_inputs, num_inputs + 1, jnp.result_type(float))
     w = sigma * jax.random.normal(key, (num_inputs, 1))
     return {"w": w, "b": jnp.zeros((1,), w.dtype)}
 

@@ -97,8 +97,9 @@ class SGDLinearRegression(RegressorMixin, BaseEstimator):
         params = init_params(key_init, X.shape[1], sigma=sigma)
         mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
         if self.standardize:
-            mean, std = X.mean(axis=0), X.std(axis=0)
-            scale = np.where(std > 0, std, 1.0)  # a constant feature stays as it is
+            mean, scale = _standardization(X)
+        _check_range("X" if not self.standardize else None, X, dtype)
+        _check_range("y", y, dtype)
         Xj, yj = jnp.asarray((X - mean) / scale, dtype), jnp.asarray(y, dtype)
         config = make_config(config, batch_size=min(config.batch_size, X.shape[0]))
         params, self.history_ = fit(params, (Xj, yj), key=key_shuffle, config=config)
@@ -113,3 +114,34 @@ class SGDLinearRegression(RegressorMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return np.asarray(X, np.float64) @ self.coef_ + self.intercept_
+
+
+def _standardization(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each feature's mean and std (1 for a constant feature), or a ValueError if they overflow.
+
+    Features near 1e200 overflow float64 in the variance; scaling them to
+    zero silently would fit all-zero coefficients, so they are refused.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = np.asarray(X, np.float64).mean(axis=0), np.asarray(X, np.float64).std(axis=0)
+    bad = ~(np.isfinite(mean) & np.isfinite(std))
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ValueError(
+            f"X has features too large to standardize in float64 (feature {j}: max |x| = "
+            f"{np.abs(X[:, j]).max():.3g}); rescale X before fitting"
+        )
+    return mean, np.where(std > 0, std, 1.0)  # a constant feature stays as it is
+
+
+def _check_range(name: str | None, values: np.ndarray, dtype) -> None:
+    """Refuse ``values`` that the training dtype (float32 or float64) cannot hold."""
+    if name is None:
+        return
+    limit = float(np.finfo(dtype).max)
+    largest = float(np.abs(values).max()) if values.size else 0.0
+    if largest > limit:
+        raise ValueError(
+            f"{name} has values up to {largest:.3g}, beyond the range of {np.dtype(dtype)} "
+            f"(jaxlin trains in it; max {limit:.3g}): rescale {name} before fitting"
+        )

@@ -191,18 +191,80 @@ _compiled_grid = compiler.jit(
 )
 
 
+def grid_values(
+    num_lrs: int,
+    num_seeds: int,
+    num_examples: int,
+    num_features: int,
+    *,
+    max_epochs: int,
+    batch_size: int,
+) -> int:
+    """How many floats the compiled grid holds besides its input data.
+
+    Every step's loss of every configuration (``L * S * epochs * steps``, kept
+    whatever ``per_step`` says), the validation losses and parameters, and per
+    seed an epoch's shuffled copy of the data with its permutation.
+    """
+    steps = -(-num_examples // batch_size)
+    per_config = max_epochs * (steps + 1) + num_features + 2
+    per_seed = num_examples * (num_features + 3)
+    return num_lrs * num_seeds * per_config + num_seeds * per_seed
+
+
+def check_grid_memory(
+    num_lrs: int,
+    num_seeds: int,
+    num_examples: int,
+    num_features: int,
+    *,
+    max_epochs: int,
+    batch_size: int,
+    dtype="float32",
+) -> None:
+    """Refuse a grid that cannot fit in this machine's memory, before anything is allocated.
+
+    The message names the largest of the grid's factors (learning rates,
+    seeds, epochs): the one to reduce.
+    """
+    factors = {"len(lrs)": num_lrs, "seeds": num_seeds, "max_epochs": max_epochs}
+    name = max(factors, key=factors.get)
+    count = grid_values(
+        num_lrs, num_seeds, num_examples, num_features,
+        max_epochs=max_epochs, batch_size=batch_size,
+    )  # fmt: skip
+    checks.fits_in_memory(name, factors[name], count, dtype)
+
+
 def _check_lrs(lrs) -> np.ndarray:
-    values = np.asarray(lrs, dtype=object).reshape(-1) if np.ndim(lrs) else None
-    if values is None or values.size == 0:
+    """``lrs`` as a 1-D float array: finite, > 0, not empty, not nested."""
+    if np.ndim(lrs) == 0 or isinstance(lrs, (str, bytes)):
+        raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r:.80}")
+    try:
+        values = np.asarray(lrs, dtype=object)
+    except ValueError:  # ragged nesting
+        values = None
+    if values is None or values.ndim != 1 or any(np.ndim(v) for v in values):
+        raise ValueError(f"lrs must be a 1-D sequence of learning rates, got {lrs!r:.80}")
+    if values.size == 0:
         raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r:.80}")
     return np.array([checks.finite_float("lrs", v, positive=True) for v in values])
 
 
-def _check_seeds(seeds) -> np.ndarray:
+def _num_seeds(seeds) -> int:
+    """How many seeds ``seeds`` names (a count, or a sequence of ints), checked for type."""
     if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
-        return np.arange(checks.positive_int("seeds", seeds), dtype=np.uint32)
+        return checks.positive_int("seeds", seeds)
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, np.ndarray)):
         raise TypeError(f"seeds must be an int (a count) or a sequence of ints, got {seeds!r:.80}")
+    return len(seeds)
+
+
+def _check_seeds(seeds) -> np.ndarray:
+    """The seeds as distinct uint32 values: ``0 .. seeds-1`` for a count."""
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        return np.arange(checks.positive_int("seeds", seeds), dtype=np.uint32)
+    _num_seeds(seeds)
     values = list(np.asarray(seeds, dtype=object).reshape(-1))
     if not values:
         raise ValueError("seeds must not be empty")
@@ -250,8 +312,9 @@ def sweep(
     reuses the compiled program.
 
     Memory: the compiled program stacks every step's loss, so it holds
-    ``L * S * max_epochs * steps`` floats whatever ``per_step`` says (16,384
-    configs x 3 epochs x 32 steps: 6 MB);
+    ``L * S * max_epochs * steps`` floats whatever ``per_step`` says;
+    a grid that cannot fit in this machine's memory is refused before
+    anything is allocated (``grid_values`` counts it);
     ``per_step=False`` only returns their per-epoch means (``(L, S, epochs)``)
     instead of copying them all to the host. Per seed, one permutation of the
     ``n`` training examples per epoch (shared by its learning rates), and
@@ -263,7 +326,7 @@ def sweep(
         ``val`` (required) is what learning rates are compared on.
       test: optional held-out ``(X, y)``; its loss is computed once per
         configuration after training, for the final report of ``select``.
-      lrs: ``L >= 1`` learning rates, finite and > 0.
+      lrs: ``L >= 1`` learning rates, finite and > 0, in a 1-D sequence or array.
       seeds: a count ``S`` (seeds ``0 .. S-1``) or distinct ints in ``[0, 2**32)``.
       key: the root ``jax.random.key``; seed ``s`` uses ``config_keys(key, s)``.
       max_epochs, batch_size, gradient_clip_val, shuffle: as in ``fit``.
@@ -291,6 +354,10 @@ def sweep(
         raise ValueError("val is required: learning rates are compared on its loss")
     _, (X, y), val, test = configs.training_data(None, train, val, config, test)
     lrs = _check_lrs(lrs)
+    check_grid_memory(
+        lrs.size, max(_num_seeds(seeds), 1), X.shape[0], X.shape[1],
+        max_epochs=config.max_epochs, batch_size=config.batch_size, dtype=X.dtype,
+    )  # fmt: skip
     seeds = _check_seeds(seeds)
     key = checks.key("key", key)
     sigma = checks.finite_float("sigma", sigma, nonnegative=True)

@@ -7,20 +7,45 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
-from jaxlin.cli.common import add_jax_flags, add_problem_flags, check_output, configure_jax, floats
+from jaxlin.cli.common import (
+    add_jax_flags,
+    add_problem_flags,
+    check_output,
+    config_record,
+    configure_jax,
+    floats,
+    interrupt_of,
+    seed,
+)
 
 DEFAULT_LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
 
 
-def lr_range(text: str) -> list[float]:
-    """``"1e-4:1:64"`` -> 64 log-spaced learning rates from 1e-4 to 1, both ends included."""
+class LogRange(NamedTuple):
+    """``--lr-range LOW:HIGH:COUNT``, kept as three numbers until the sweep's size is checked."""
+
+    low: float
+    high: float
+    count: int
+
+    def values(self) -> list[float]:
+        """``count`` log-spaced learning rates from ``low`` to ``high``, both ends included."""
+        step = (math.log(self.high) - math.log(self.low)) / (self.count - 1)
+        return [math.exp(math.log(self.low) + i * step) for i in range(self.count - 1)] + [
+            self.high
+        ]
+
+
+def lr_range(text: str) -> LogRange:
+    """``"1e-4:1:64"`` -> 64 log-spaced learning rates from 1e-4 to 1 (made once checked)."""
     parts = text.split(":")
     try:
-        lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
         if len(parts) != 3:
             raise ValueError
-    except (ValueError, IndexError):
+        lo, hi, num = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected LOW:HIGH:COUNT (e.g. 1e-4:1:64), got {text!r}"
         ) from None
@@ -28,8 +53,7 @@ def lr_range(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"expected 0 < LOW < HIGH and COUNT >= 2 (finite), got {text!r}"
         )
-    step = (math.log(hi) - math.log(lo)) / (num - 1)
-    return [math.exp(math.log(lo) + i * step) for i in range(num - 1)] + [hi]
+    return LogRange(lo, hi, num)
 
 
 def add_parser(sub) -> None:
@@ -37,27 +61,69 @@ def add_parser(sub) -> None:
     s = sub.add_parser(
         "sweep",
         help="train a grid of learning rates x seeds at once; choose lr by validation loss",
-        description="Train one model per (lr, seed) in one compiled call, choose "
-        "the lr with the least mean validation loss over seeds, and report its test loss.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train one model per (lr, seed) in one compiled call (jaxlin.sweep), choose "
+        "the lr with the least mean validation loss over seeds, and report its test loss. "
+        "Values that start with '-' need '=': --w=-1,2.",
     )
     lrs = s.add_mutually_exclusive_group()
     lrs.add_argument(
-        "--lr", type=floats, default=None, help=f"learning rates (default {DEFAULT_LRS})"
-    )
-    lrs.add_argument("--lr-range", type=lr_range, default=None, help="log-spaced LOW:HIGH:COUNT")
-    s.add_argument("--seeds", type=int, default=8, help="seeds (inits and shuffles) per lr")
+        "--lr", type=floats, default=None,
+        help=f"learning rates, comma-separated (default: {','.join(map(str, DEFAULT_LRS))})",
+    )  # fmt: skip
+    lrs.add_argument(
+        "--lr-range", type=lr_range, default=None,
+        help="COUNT log-spaced learning rates from LOW to HIGH, as LOW:HIGH:COUNT",
+    )  # fmt: skip
+    s.add_argument(
+        "--seeds", type=int, default=8,
+        help="seeds (inits and shuffles) per lr (default: %(default)s)",
+    )  # fmt: skip
     add_problem_flags(s)
-    s.add_argument("--num-val", type=int, default=1000, help="validation examples (choose lr)")
-    s.add_argument("--num-test", type=int, default=1000, help="test examples (report once)")
-    s.add_argument("--batch-size", type=int, default=32, help="minibatch size")
-    s.add_argument("--epochs", type=int, default=3, help="passes over the training data")
-    s.add_argument("--seed", type=int, default=0, help="seed of the root key (data and runs)")
-    s.add_argument("--clip", type=float, default=0.0, help="gradient clip norm (0: off)")
-    s.add_argument("--sigma", type=float, default=0.01, help="std of the initial weights")
+    s.add_argument(
+        "--num-val", type=int, default=1000,
+        help="validation examples, to choose the lr (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--num-test", type=int, default=1000,
+        help="test examples, to report once (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--batch-size", type=int, default=32, help="minibatch size (default: %(default)s)"
+    )
+    s.add_argument(
+        "--epochs", type=int, default=3,
+        help="passes over the training data (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--seed", type=seed, default=0,
+        help="seed of the root key (data and runs), 0 .. 2**32-1 (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--clip", type=float, default=0.0,
+        help="gradient clip norm; 0 turns clipping off (default: %(default)s)",
+    )  # fmt: skip
+    s.add_argument(
+        "--sigma", type=float, default=0.01,
+        help="std of the initial weights (default: %(default)s)",
+    )  # fmt: skip
     s.add_argument("--plot", type=Path, default=None, help="write the sweep figure (PNG)")
     s.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     add_jax_flags(s)
+
+
+def check_sizes(args) -> None:
+    """Refuse a grid or data too large for this machine, before anything is made."""
+    from jaxlin.cli.common import memory
+    from jaxlin.sweep import check_grid_memory
+
+    num_lrs = args.lr_range.count if args.lr_range else len(args.lr or DEFAULT_LRS)
+    sizes = {"--num-train": args.num_train, "--num-val": args.num_val, "--num-test": args.num_test}
+    big = max(sizes, key=sizes.get)
+    memory(args, big, sizes[big], 2 * sum(max(v, 1) for v in sizes.values()) * (len(args.w) + 1))
+    check_grid_memory(
+        num_lrs, max(args.seeds, 1), max(args.num_train, 1), len(args.w),
+        max_epochs=max(args.epochs, 1), batch_size=max(args.batch_size, 1), dtype="float32",
+    )  # fmt: skip
 
 
 def _finite_or_none(values):
@@ -73,12 +139,15 @@ def run(args) -> dict:
         check_output(flag, path)
     if args.num_test < 1:
         raise ValueError(f"num_test must be an int >= 1, got {args.num_test}")
+    check_sizes(args)
+    interrupt = interrupt_of(args)
     configure_jax(args)
     import jax
 
     import jaxlin
 
-    lrs = args.lr or args.lr_range or DEFAULT_LRS
+    lrs = args.lr or (args.lr_range.values() if args.lr_range else DEFAULT_LRS)
+    interrupt.check("interrupted before the sweep started; nothing saved")
     key_data, key_runs = jax.random.split(jax.random.key(args.seed))
     data = jaxlin.synthetic_splits(
         key_data, args.w, args.b, num_train=args.num_train, num_val=args.num_val,
@@ -91,6 +160,7 @@ def run(args) -> dict:
         gradient_clip_val=args.clip, per_step=True,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    interrupt.check("interrupted after the sweep's training, before its report; nothing saved")
     num = result.diverged.size
     print(f"{num} configurations ({len(result.lrs)} lr x {args.seeds} seeds) in {seconds:.2f} s")
     summary = jaxlin.summarize(result)
@@ -107,7 +177,7 @@ def run(args) -> dict:
             )
             print(f"{lr:>10.4g}  {stats[0]:>13.4g}  " + "  ".join(f"{v:>9.3g}" for v in stats[1:]))
     record = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": {**config_record(args), "lr_range": args.lr_range and list(args.lr_range)},
         "lrs": result.lrs.tolist(),
         "seeds": result.seeds.tolist(),
         "val_loss": _finite_or_none(result.val_loss.astype(float).tolist()),  # [lr][seed][epoch]
@@ -130,12 +200,17 @@ def run(args) -> dict:
         )
         print(f"test loss of the chosen lr: {chosen.test_loss:.4g} (std {chosen.test_std:.2g})")
     record["chosen"] = None if chosen is None else chosen._asdict()
+    written = []
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2))
+        written.append(str(args.json))
+        interrupt.saved = f"{', '.join(written)} written"
     if args.plot is not None:
         from jaxlin.plot import save_sweep_plot
 
         save_sweep_plot(result, args.plot)
+        written.append(str(args.plot))
+        interrupt.saved = f"{', '.join(written)} written"
     if chosen is None:
         raise failure
     return record

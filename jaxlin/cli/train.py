@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +15,12 @@ from jaxlin.cli.common import (
     add_jax_flags,
     add_problem_flags,
     check_output,
+    config_record,
     configure_jax,
+    given,
+    interrupt_of,
+    memory,
+    seed,
 )
 
 CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
@@ -25,9 +29,16 @@ CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without import
 # added by fit_with_checkpoints; --epochs is not: a finished run can be extended).
 RUN_FIELDS = ("w", "b", "noise", "num_train", "num_val", "seed", "sigma", "engine", "x64")
 
+# What --data does not honour: the synthetic problem's flags (the data are on disk),
+# and what streaming cannot do. Given with --data, each is refused rather than ignored.
+NOT_WITH_DATA = ("num_train", "num_val", "w", "b", "noise", "engine", "checkpoint_dir")
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C honoured at the end of an epoch; the message says how to resume."""
+ENGINE_HELP = (
+    "how jaxlin.fit runs the epochs: 'scan' compiles them (one XLA call per epoch, or per "
+    "run with --quiet); 'affine' composes each epoch's steps as affine maps (no --clip); "
+    "'step' jits one step and loops in Python; 'eager' runs without jit. Same batches, "
+    "same result (default: %(default)s)"
+)
 
 
 def add_parser(sub) -> None:
@@ -35,29 +46,51 @@ def add_parser(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train on the lecture's synthetic problem",
-        description="Train on synthetic data (defaults: the lecture's run). "
-        "Negative first values need '=': --w=-1,2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train on synthetic data with jaxlin.fit (defaults: the lecture's run). "
+        "Values that start with '-' need '=': --w=-1,2. Ctrl-C stops after the current "
+        "epoch (exit 130; with --checkpoint-dir, resumable).",
     )
     add_problem_flags(t)
-    t.add_argument("--num-val", type=int, default=1000, help="validation examples")
-    t.add_argument("--batch-size", type=int, default=32, help="minibatch size")
-    t.add_argument("--lr", type=float, default=0.03, help="learning rate")
-    t.add_argument("--epochs", type=int, default=3, help="passes over the training data")
-    t.add_argument("--seed", type=int, default=0, help="seed of the root PRNG key")
-    t.add_argument("--clip", type=float, default=0.0, help="gradient clip norm (0: off)")
-    t.add_argument("--sigma", type=float, default=0.01, help="std of the initial weights")
-    t.add_argument("--engine", choices=("scan", "affine", "step", "eager"), default="scan")
+    t.add_argument(
+        "--num-val", type=int, default=1000, help="validation examples (default: %(default)s)"
+    )
+    t.add_argument(
+        "--batch-size", type=int, default=32, help="minibatch size (default: %(default)s)"
+    )
+    t.add_argument("--lr", type=float, default=0.03, help="learning rate (default: %(default)s)")
+    t.add_argument(
+        "--epochs", type=int, default=3,
+        help="passes over the training data (default: %(default)s)",
+    )  # fmt: skip
+    t.add_argument(
+        "--seed", type=seed, default=0,
+        help="seed of the root PRNG key, 0 .. 2**32-1 (default: %(default)s)",
+    )  # fmt: skip
+    t.add_argument(
+        "--clip", type=float, default=0.0,
+        help="gradient clip norm; 0 turns clipping off (default: %(default)s)",
+    )  # fmt: skip
+    t.add_argument(
+        "--sigma", type=float, default=0.01,
+        help="std of the initial weights (default: %(default)s)",
+    )  # fmt: skip
+    t.add_argument(
+        "--engine", choices=("scan", "affine", "step", "eager"), default="scan", help=ENGINE_HELP
+    )
     t.add_argument("--plot", type=Path, default=None, help="write the loss curves (PNG)")
     t.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
-    t.add_argument("--data", type=Path, default=None, help="train from shards on disk (streamed)")
+    t.add_argument(
+        "--data", type=Path, default=None,
+        help="train from the shards in this folder (streamed from disk; see jaxlin generate)",
+    )  # fmt: skip
     t.add_argument(
         "--order",
         choices=("exact", "runs"),
         default="exact",
         help="with --data: 'exact' is fit's shuffle (a random read per row); 'runs' shuffles "
-        "runs of 64 examples and reads across them (faster from disk, a coarser shuffle)",
+        "runs of 64 examples and reads across them (faster from disk, a coarser shuffle) "
+        "(default: %(default)s)",
     )
     t.add_argument(
         "--checkpoint-dir",
@@ -104,21 +137,39 @@ def check_devices_flag(args) -> None:
 
 
 def refuse_with(args, what: str, dests) -> None:
-    """One-line refusal of the first of ``dests`` that is set: ``--engine`` other than scan,
-    or any other flag given at all."""
+    """One-line refusal of the first of ``dests`` that the user gave."""
     for dest in dests:
-        value = getattr(args, dest)
-        if (value != "scan") if dest == "engine" else (value is not None):
+        if given(args, dest):
+            value = getattr(args, dest)
+            shown = ",".join(map(repr, value)) if isinstance(value, list) else value
             raise ValueError(
-                f"{what}; it cannot be combined with --{dest.replace('_', '-')} {value}"
+                f"{what}; it cannot be combined with --{dest.replace('_', '-')} {shown}"
             )
 
 
 def check_data_flags(args) -> None:
     """``--data`` refused with the flags that streaming does not honour (rather than ignored)."""
     if args.data is not None:
-        what = "--data streams with the scan engine, without checkpoints"
-        refuse_with(args, what, ("engine", "checkpoint_dir"))
+        what = f"--data {args.data} streams that dataset with the scan engine, without checkpoints"
+        refuse_with(args, what, NOT_WITH_DATA)
+
+
+def check_engine_flags(args) -> None:
+    """``--engine affine --clip C``: refused in the command line's words, before any work."""
+    if args.engine == "affine" and args.clip > 0:
+        raise ValueError(
+            "--engine affine cannot clip gradients (clipping is not an affine map): "
+            "use --engine scan with --clip, or --clip 0"
+        )
+
+
+def check_sizes(args) -> None:
+    """Refuse data or a loss history too large for this machine, before anything is made."""
+    n = max(args.num_train, 1) + max(args.num_val, 1)
+    big = "--num-train" if args.num_train >= args.num_val else "--num-val"
+    memory(args, big, max(args.num_train, args.num_val), 2 * n * (len(args.w) + 1))
+    steps = math.ceil(max(args.num_train, 1) / max(args.batch_size, 1))
+    memory(args, "--epochs", args.epochs, max(args.epochs, 1) * (steps + 1))
 
 
 def data_parallel_mesh(args):
@@ -186,6 +237,10 @@ def run(args) -> dict:
     check_data_flags(args)
     check_checkpoint_flags(args)
     check_devices_flag(args)
+    check_engine_flags(args)
+    interrupt = interrupt_of(args)
+    if args.data is None:
+        check_sizes(args)
     import jax
 
     if args.x64:  # before any array is made
@@ -206,23 +261,18 @@ def run(args) -> dict:
     import jaxlin
     from jaxlin.checkpoint import fit_with_checkpoints
 
+    interrupt.check("interrupted before training started; nothing saved")
     data, params, key_shuffle = setup(args)
+    interrupt.check("interrupted before training started; nothing saved")
+    if args.checkpoint_dir is not None:  # what a second Ctrl-C, which exits at once, leaves
+        interrupt.saved = f"{args.checkpoint_dir / CHECKPOINT_FILE} holds the last finished epoch"
     start = time.perf_counter()
-
-    stop = []  # set by Ctrl-C: finish the epoch, save, stop
-
-    def on_sigint(signum, frame) -> None:
-        del signum, frame
-        stop.append(True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # twice: stop at once
 
     def progress(end: jaxlin.EpochEnd) -> None:
         if not args.quiet:
-            line = f"epoch {end.epoch + 1}/{args.epochs}  train loss {end.train_loss.mean():.6f}"
-            line += f"  val loss {end.val_loss:.6f}" if end.val_loss is not None else ""
-            print(f"{line}  ({time.perf_counter() - start:.2f} s)", flush=True)
-        if stop and end.epoch + 1 < args.epochs:  # after the last epoch: just finish
-            raise Interrupted(interrupted_message(args, end.epoch + 1))
+            print(epoch_line(args, end, time.perf_counter() - start), flush=True)
+        if end.epoch + 1 < args.epochs:  # after the last epoch: checked once fit returns
+            interrupt.check(interrupted_message(args, end.epoch + 1))
 
     kwargs = dict(
         lr=args.lr,
@@ -232,47 +282,34 @@ def run(args) -> dict:
         gradient_clip_val=args.clip,
         engine=args.engine,
     )
-    # Without a per-epoch callback the scan engine runs every epoch in one call
-    # (fastest); then Ctrl-C is Python's own KeyboardInterrupt, handled by main.
-    per_epoch = not args.quiet or args.checkpoint_dir is not None
-    per_epoch = per_epoch and threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, on_sigint) if per_epoch else None
-    try:
-        if args.checkpoint_dir is not None:
-            run_config = {k: getattr(args, k) for k in RUN_FIELDS}
-            params, history = fit_with_checkpoints(
-                params,
-                data.train,
-                data.val,
-                checkpoint_dir=args.checkpoint_dir,
-                resume=args.resume,
-                config=run_config,
-                callback=progress,
-                **kwargs,
-            )
-        elif mesh is not None:
-            from jaxlin.parallel import fit_data_parallel
+    # Without a per-epoch callback the scan engine runs every epoch in one compiled call
+    # (fastest); Ctrl-C is then honoured when that call returns.
+    per_epoch = (
+        not args.quiet or args.checkpoint_dir is not None or args.engine in ("step", "eager")
+    )
+    callback = progress if per_epoch else None
+    if args.checkpoint_dir is not None:
+        run_config = {k: getattr(args, k) for k in RUN_FIELDS}
+        params, history = fit_with_checkpoints(
+            params,
+            data.train,
+            data.val,
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.resume,
+            config=run_config,
+            callback=callback,
+            **kwargs,
+        )
+    elif mesh is not None:
+        from jaxlin.parallel import fit_data_parallel
 
-            del kwargs["engine"]  # the scan engine, sharded
-            params, history = fit_data_parallel(
-                params,
-                data.train,
-                data.val,
-                mesh=mesh,
-                callback=progress if per_epoch or not args.quiet else None,
-                **kwargs,
-            )
-        else:
-            params, history = jaxlin.fit(
-                params,
-                data.train,
-                data.val,
-                callback=progress if per_epoch or not args.quiet else None,
-                **kwargs,
-            )
-    finally:
-        if per_epoch:
-            signal.signal(signal.SIGINT, previous)
+        del kwargs["engine"]  # the scan engine, sharded
+        params, history = fit_data_parallel(
+            params, data.train, data.val, mesh=mesh, callback=callback, **kwargs
+        )
+    else:
+        params, history = jaxlin.fit(params, data.train, data.val, callback=callback, **kwargs)
+    interrupt.check(interrupted_message(args, args.epochs, finished=True))
     if mesh is not None:
         s = "s" if mesh.size > 1 else ""
         print(f"trained data-parallel over {mesh.size} {mesh.devices.flat[0].platform} device{s}")
@@ -282,7 +319,7 @@ def run(args) -> dict:
     print(f"error in estimating w: {np.array2string(w_err, precision=4)}")
     print(f"error in estimating b: {b_err:.4f}")
     record = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": config_record(args),
         "w": w.tolist(),
         "b": b,
         "w_error": w_err.tolist(),
@@ -294,13 +331,31 @@ def run(args) -> dict:
         "backend": jax.default_backend(),
         "devices": 1 if mesh is None else mesh.size,
     }
+    write_outputs(args, record, history, title=f"lr={args.lr}, batch={args.batch_size}")
+    return record
+
+
+def epoch_line(args, end, seconds: float) -> str:
+    """One epoch's progress: its mean batch loss, the val loss, and the time since the start."""
+    line = f"epoch {end.epoch + 1}/{args.epochs}  train loss {end.train_loss.mean():.6g}"
+    line += f"  val loss {end.val_loss:.6g}" if end.val_loss is not None else ""
+    return f"{line}  ({seconds:.2f} s elapsed)"
+
+
+def write_outputs(args, record: dict, history, *, title: str) -> None:
+    """``--json`` and ``--plot``, each noted in what Ctrl-C reports as saved."""
+    interrupt = interrupt_of(args)
+    written = []
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2))
+        written.append(str(args.json))
+        interrupt.saved = f"{', '.join(written)} written"
     if args.plot is not None:
         from jaxlin.plot import save_history_plot
 
-        save_history_plot(history, args.plot, title=f"lr={args.lr}, batch={args.batch_size}")
-    return record
+        save_history_plot(history, args.plot, title=title)
+        written.append(str(args.plot))
+        interrupt.saved = f"{', '.join(written)} written"
 
 
 def setup(args):
@@ -316,10 +371,14 @@ def setup(args):
     return data, jaxlin.init_params(key_init, len(args.w), sigma=args.sigma), key_shuffle
 
 
-def interrupted_message(args, epochs_done: int) -> str:
-    """What Ctrl-C prints: where the checkpoint is and the command that resumes it."""
+def interrupted_message(args, epochs_done: int, *, finished: bool = False) -> str:
+    """What Ctrl-C prints: how far the run got, where the checkpoint is, how to resume."""
     text = f"interrupted after epoch {epochs_done}/{args.epochs}"
+    if finished:
+        text += " (training done, results not reported)"
     if args.checkpoint_dir is None:
-        return f"{text}; no checkpoint written (pass --checkpoint-dir DIR to be able to resume)"
+        return f"{text}; nothing saved (pass --checkpoint-dir DIR to be able to resume)"
     where = args.checkpoint_dir / CHECKPOINT_FILE
+    if finished:
+        return f"{text}; checkpoint written to {where}"
     return f"{text}; checkpoint written to {where}\nresume with: {resume_command(args)}"

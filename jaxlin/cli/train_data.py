@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import json
+import math
 import time
-from pathlib import Path
+
+from jaxlin.cli.common import config_record, interrupt_of, memory
+
+
+def check_truth(args, data) -> None:
+    """The manifest's true ``w`` and ``b``, if any, must fit its data (errors name the dataset)."""
+    if data.w is not None and tuple(data.w.shape) != (data.num_features,):
+        raise ValueError(
+            f"--data {args.data}: manifest.json's w has shape {tuple(data.w.shape)} but the "
+            f"data have {data.num_features} features; fix or remove w in the manifest"
+        )
+    if data.b is not None and getattr(data.b, "size", 1) != 1:
+        raise ValueError(f"--data {args.data}: manifest.json's b must be one number")
 
 
 def run(args) -> dict:
@@ -13,29 +25,37 @@ def run(args) -> dict:
     import numpy as np
 
     import jaxlin
+    from jaxlin.cli.train import epoch_line, write_outputs
     from jaxlin.stream import fit_stream, open_dataset
 
+    interrupt = interrupt_of(args)
     data = open_dataset(args.data)  # every shard checked before any training
+    check_truth(args, data)
+    steps = math.ceil(data.num_examples / max(args.batch_size, 1))
+    memory(args, "--epochs", args.epochs, max(args.epochs, 1) * (steps + 1))
     _, key_init, key_shuffle = jax.random.split(jax.random.key(args.seed), 3)
     params = jaxlin.init_params(key_init, data.num_features, sigma=args.sigma)
+    interrupt.check("interrupted before training started; nothing saved")
     start = time.perf_counter()
 
     def progress(end: jaxlin.EpochEnd) -> None:
-        print(
-            f"epoch {end.epoch + 1}/{args.epochs}  train loss {end.train_loss.mean():.6f}"
-            f"  ({time.perf_counter() - start:.2f} s)",
-            flush=True,
-        )
+        if not args.quiet:
+            print(epoch_line(args, end, time.perf_counter() - start), flush=True)
+        if end.epoch + 1 < args.epochs:
+            interrupt.check(f"interrupted after epoch {end.epoch + 1}/{args.epochs}; nothing saved")
 
     params, history = fit_stream(
         params, data, lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
-        key=key_shuffle, gradient_clip_val=args.clip, callback=None if args.quiet else progress,
-        order=args.order,
+        key=key_shuffle, gradient_clip_val=args.clip, callback=progress, order=args.order,
     )  # fmt: skip
+    interrupt.check(
+        f"interrupted after epoch {args.epochs}/{args.epochs} (training done, results not "
+        "reported); nothing saved"
+    )
     w, b = np.asarray(params["w"]).ravel(), float(params["b"][0])
     print(f"learned w: {np.array2string(w, precision=4)}  b: {b:.4f}")
     record = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "config": config_record(args),
         "w": w.tolist(),
         "b": b,
         "train_loss": history.train_loss.ravel().tolist(),
@@ -45,15 +65,11 @@ def run(args) -> dict:
         "backend": jax.default_backend(),
     }
     if data.w is not None and data.b is not None:
-        w_err, b_err = jaxlin.estimation_error(params, data.w.astype(w.dtype), data.b)
-        print(f"error in estimating w: {np.array2string(np.asarray(w_err), precision=4)}")
-        print(f"error in estimating b: {float(b_err):.4f}")
-        record.update(w_error=np.asarray(w_err).tolist(), b_error=float(b_err))
-    if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2))
-    if args.plot is not None:
-        from jaxlin.plot import save_history_plot
-
-        title = f"{args.data}: lr={args.lr}, batch={args.batch_size}, order {args.order}"
-        save_history_plot(history, args.plot, title=title)
+        w_err = np.asarray(data.w, w.dtype) - w
+        b_err = float(np.asarray(data.b).reshape(())) - b
+        print(f"error in estimating w: {np.array2string(w_err, precision=4)}")
+        print(f"error in estimating b: {b_err:.4f}")
+        record.update(w_error=w_err.tolist(), b_error=b_err)
+    title = f"{args.data}: lr={args.lr}, batch={args.batch_size}, order {args.order}"
+    write_outputs(args, record, history, title=title)
     return record
