@@ -161,10 +161,19 @@ def test_no_manifest_and_wrong_width(tmp_path, key, shards):
 
 
 def test_reader_error_in_the_background_reaches_the_caller(shards, key):
+    """A shard removed after the first epoch: the reader thread's error, raised by fit_stream."""
     ds = stream.open_dataset(shards.root)
-    ds.shards[2].X.unlink()  # checked, then gone: the prefetch thread fails mid-epoch
-    with pytest.raises(FileNotFoundError):
-        stream.fit_stream(jaxlin.init_params(key, 3), ds, key=key, block_batches=2)
+    ends = []
+
+    def remove(end):
+        ends.append(end.epoch)
+        if end.epoch == 0:
+            ds.shards[2].X.unlink()  # mapped and checked, then gone mid-run
+
+    with pytest.raises(ValueError, match=r"X-00002\.npy: removed while"):
+        stream.fit_stream(jaxlin.init_params(key, 3), ds, key=key, block_batches=2,
+                          max_epochs=5, callback=remove)  # fmt: skip
+    assert ends[0] == 0 and len(ends) < 5
 
 
 def test_stopping_mid_run_leaves_no_reader_behind(shards, key):

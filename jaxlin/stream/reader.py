@@ -6,6 +6,14 @@ threads at once (``np.take`` releases the GIL), into 64-byte aligned buffers:
 larger than the reader's budget, the mapped pages of each piece are handed
 back to the kernel as soon as it is copied, so the process's memory stays
 near the buffers, not the data.
+
+Each shard file is checked when mapped (``jaxlin.stream.format.map_shard``)
+and again before every read that touches it (``check_unchanged``): a file
+truncated, replaced or rewritten under a running job is a ``ValueError``
+naming it, not a SIGBUS from a page past the file's end (only a truncation
+during the copy itself still reaches the mapping). Each row read is checked
+as it is copied: a NaN or Inf (or, training in float32, a float64 value
+beyond float32's range) is a ``ValueError`` naming the file and the row.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jaxlin import checks
-from jaxlin.stream.format import Dataset
+from jaxlin.stream.format import Dataset, check_unchanged, map_shard
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
@@ -74,15 +82,24 @@ class ShardReader:
         threads: int | None = None,
         piece_rows: int = 1024,
         piece_bytes: int = 64 << 20,
+        check_values: bool = True,
     ):
-        self.data = data
-        self.X = [np.load(s.X, mmap_mode="r") for s in data.shards]
-        self.y = [np.load(s.y, mmap_mode="r").reshape(-1) for s in data.shards]
-        size = data.num_examples * (data.num_features + 1) * data.dtype.itemsize
-        self.release_each_read = size > budget_bytes
         self.threads = threads or min(4, os.cpu_count() or 1)
         self.piece_rows = checks.positive_int("piece_rows", piece_rows)
         self.piece_bytes = checks.positive_int("piece_bytes", piece_bytes)
+        self.data = data
+        self.X, self.y, self._ids = [], [], []
+        for s in data.shards:
+            X, x_id = map_shard(s.X, data.dtype, data.num_features, s.num_examples)
+            y, y_id = map_shard(s.y, data.dtype, None, s.num_examples)
+            self.X.append(X)
+            self.y.append(y)
+            self._ids.append((x_id, y_id))
+        size = data.num_examples * (data.num_features + 1) * data.dtype.itemsize
+        self.release_each_read = size > budget_bytes
+        # Values as training sees them: float64 data becomes float32 unless x64 is on.
+        self.trained_dtype = np.dtype(data.spec()[0].dtype)
+        self._limit = float(np.finfo(self.trained_dtype).max) if check_values else None
         self._pool = None
         if self.release_each_read:  # less read-ahead and fault-around, where the kernel obliges
             for mm in self._maps(range(len(self.X))):
@@ -117,6 +134,8 @@ class ShardReader:
         where[order] = np.arange(m, dtype=np.int32)
         offsets = self.data.offsets
         bounds = np.searchsorted(sidx, offsets)
+        touched = [s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]]
+        self.check_files(touched)
         X, y = out if out is not None else self.read_buffers(m)
         X, y = X[:m], y[:m]
 
@@ -125,6 +144,7 @@ class ShardReader:
             local = sidx[lo:hi] - offsets[s]
             np.take(self.X[s], local, axis=0, out=X[lo:hi])
             np.take(self.y[s], local, out=y[lo:hi, 0])
+            self._check_values(s, X[lo:hi], y[lo:hi], lambda k: local[k])
             if self.release_each_read:
                 self._release_rows(s, local[0], local[-1])
 
@@ -135,7 +155,7 @@ class ShardReader:
         ]
         self._run(pieces, copy)
         if self.release_each_read:  # what fault-around mapped between and around pieces
-            self.release([s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]])
+            self.release(touched)
         return X, y, where
 
     def _pieces(self, s: int, sidx, bounds, offsets) -> list[tuple[int, int, int]]:
@@ -189,6 +209,9 @@ class ShardReader:
         X, y = X[:m], y[:m]
         offsets = self.data.offsets
         shard = np.searchsorted(offsets, first, side="right") - 1
+        if starts.size:  # every shard from the first run's to the last run's end
+            last = int(np.searchsorted(offsets, first[-1] + length - 1, side="right")) - 1
+            self.check_files(range(int(shard[0]), last + 1))
         alone = np.ones(starts.size, bool)  # runs copied one by one
         if not self.release_each_read:
             inside = first + length <= offsets[shard + 1]
@@ -215,6 +238,12 @@ class ShardReader:
                     axis=0,
                     out=y[lo:hi, 0].reshape(js.size, length),
                 )
+                self._check_values(
+                    s,
+                    X[lo:hi],
+                    y[lo:hi],
+                    lambda k, js=js, s=s: first[js[0] + k // length] - offsets[s] + k % length,
+                )
                 alone[js] = False
         bounds = offsets.tolist()
         for j in np.flatnonzero(alone).tolist():
@@ -225,12 +254,42 @@ class ShardReader:
                 take = min(left, bounds[s + 1] - row)
                 X[at : at + take] = self.X[s][a : a + take]
                 y[at : at + take, 0] = self.y[s][a : a + take]
+                self._check_values(s, X[at : at + take], y[at : at + take], lambda k, a=a: a + k)
                 if self.release_each_read:
                     self._release_rows(s, a, a + take - 1)
                 row, at, left, s = row + take, at + take, left - take, s + 1
         if self.release_each_read:  # what the faults mapped beyond each run
             self.release()
         return X, y, rank
+
+    def check_files(self, shards) -> None:
+        """Refuse to read ``shards`` whose files are not the ones mapped (truncated, replaced)."""
+        for s in shards:
+            shard = self.data.shards[s]
+            check_unchanged(shard.X, self._ids[s][0])
+            check_unchanged(shard.y, self._ids[s][1])
+
+    def _check_values(self, s: int, X: np.ndarray, y: np.ndarray, row_of: Callable) -> None:
+        """Refuse NaN, Inf, or values the trained dtype cannot hold, in rows just read.
+
+        ``X``, ``y``: rows copied from shard ``s``; ``row_of(k)``: the shard's
+        row that ``X[k]`` came from. Two reductions over rows in cache; the
+        search for the row only runs when one fails.
+        """
+        if self._limit is None or not len(X):
+            return
+        limit = self._limit
+        for a, path in ((X, self.data.shards[s].X), (y, self.data.shards[s].y)):
+            if a.min() >= -limit and a.max() <= limit:  # False for NaN
+                continue
+            k = int(np.flatnonzero(~(np.abs(a) <= limit).all(axis=1))[0])
+            if np.isfinite(a[k]).all():
+                what = f"a value beyond {self.trained_dtype}'s range (jax_enable_x64 is off)"
+            else:
+                what = "NaN or Inf"
+            raise ValueError(
+                f"{path}: row {int(row_of(k))} holds {what}; training needs finite data"
+            )
 
     def _run(self, pieces: list, copy: Callable) -> None:
         """``copy(piece)`` for every piece, on the reader's threads; a piece's error is raised."""

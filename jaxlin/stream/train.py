@@ -197,7 +197,11 @@ def fit_stream(
         callback, config: as in ``jaxlin.fit`` (``val`` is an in-memory ``(X, y)``;
         the engine is the compiled one).
       data: a folder (checked with ``open_dataset`` before any training) or a
-        ``Dataset``.
+        ``Dataset``. Each shard file is checked again when mapped and before
+        every read: one truncated, replaced or rewritten during the run is a
+        ``ValueError`` naming it. Rows are checked as they are read: a NaN or
+        Inf (or, with x64 off, a float64 value beyond float32's range) is a
+        ``ValueError`` naming the shard file and its row, not a divergence.
       block_batches: minibatches per block read from disk (default: about
         65,536 examples per block).
       prefetch: blocks read ahead by the background thread (>= 1).
@@ -220,6 +224,8 @@ def fit_stream(
         config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val,
     )  # fmt: skip
+    if not isinstance(data, (Dataset, str, os.PathLike)):
+        raise TypeError(f"data must be a dataset folder or a Dataset, got {type(data).__name__}")
     if not isinstance(data, Dataset):
         data = open_dataset(data)
     if checks.params(params) != data.num_features:
@@ -240,6 +246,10 @@ def fit_stream(
 
     n = data.num_examples
     plan = _epoch_plan(n, batch_size, block_batches)
+    rows = max(k * b for _, k, b in plan)  # the largest block (block_batches may exceed n)
+    row_values = data.num_features + 1
+    checks.fits_in_memory("block_batches", block_batches, rows * row_values, data.dtype)
+    checks.fits_in_memory("prefetch", prefetch, (prefetch + 2) * rows * row_values, data.dtype)
     reader = ShardReader(data)
     # The device runs programs in the order they are dispatched, so an index
     # block asked for by the reader thread would wait behind every SGD block
@@ -259,7 +269,6 @@ def fit_stream(
     # Blocks are read into a ring of buffers, reused once the steps that read
     # them are done (``done`` gets each block's losses, in order): fresh
     # buffers would cost a page fault per 4 KiB, as much as reading the rows.
-    rows = max(k * b for _, k, b in plan)  # the largest block (block_batches may exceed n)
     ring = [reader.read_buffers(rows) for _ in range(prefetch + 2)]
     done: queue.SimpleQueue = queue.SimpleQueue()
 
