@@ -9,6 +9,7 @@ import pytest
 import jaxlin
 from jaxlin.checkpoint import (
     FILENAME,
+    HISTORY_PATTERN,
     Checkpoint,
     fit_with_checkpoints,
     load_checkpoint,
@@ -111,13 +112,16 @@ def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch)
     monkeypatch.undo()
     state = load_checkpoint(tmp_path)
     assert state.epoch == 1 and float(state.params["w"][0, 0]) == 1.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [FILENAME]  # the temporary file is gone
+    # The temporary file and the new history file are gone: the checkpoint and its history remain.
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) == 2 and names[0] == FILENAME and HISTORY_PATTERN.fullmatch(names[1])
 
 
 def test_a_crash_that_leaves_a_temporary_file_does_not_matter(tmp_path):
     save_checkpoint(tmp_path, _state(1, 1.0))
     (tmp_path / f".{FILENAME}.abc.tmp").write_bytes(b"half a zip")  # a killed writer's leftovers
     assert load_checkpoint(tmp_path).epoch == 1
+    assert not (tmp_path / f".{FILENAME}.abc.tmp").exists()  # removed by the load
     save_checkpoint(tmp_path, _state(2, 2.0))
     assert load_checkpoint(tmp_path).epoch == 2
 
