@@ -181,7 +181,7 @@ def _writer(directory: Path):
     with _folder_lock(directory, wait=True) as held:
         if not held:
             raise ValueError(
-                f"checkpoint_dir {directory}: another process is writing checkpoints there"
+                f"checkpoint_dir {directory}: another run is writing checkpoints there"
             )
         yield
 
@@ -401,30 +401,39 @@ def _check_arrays(data: dict[str, np.ndarray], meta: dict) -> str | None:
 
 def _read_archive(path: Path) -> dict[str, np.ndarray]:
     """The arrays of ``path``, checked to be the ones jaxlin writes; or a ``CheckpointError``."""
+    with open(path, "rb") as f:  # our handle: closed even when numpy cannot parse the file
+        try:
+            archive = np.load(f, allow_pickle=False)
+        except Exception:  # any failure to parse untrusted bytes: unreadable
+            archive = None
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise CheckpointError(
+                f"{path} is not a readable jaxlin checkpoint: "
+                "not an npz archive (empty, truncated or corrupt)"
+            )
+        with archive:
+            return _archive_arrays(path, archive)
+
+
+def _archive_arrays(path: Path, archive) -> dict[str, np.ndarray]:
+    """Every array of an open npz archive, after checking its names."""
     unreadable = f"{path} is not a readable jaxlin checkpoint"
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception:  # any failure to parse untrusted bytes: unreadable
-        archive = None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{unreadable}: not an npz archive (empty, truncated or corrupt)")
-    with archive:
-        names = set(archive.files)
-        missing = sorted({"meta", "w", "b"} - names)
-        if missing:
-            raise CheckpointError(f"{unreadable}: array {missing[0]!r} is missing")
-        if names - {"meta", "w", "b", "key"}:
-            raise CheckpointError(f"{unreadable}: it holds arrays jaxlin does not write")
-        data = {}
-        for name in sorted(names):
-            try:
-                data[name] = archive[name]
-            except Exception:  # a bad CRC, header or length: corrupt bytes
-                raise CheckpointError(
-                    f"{unreadable}: array {name!r} is corrupt (truncated or altered)"
-                ) from None
-            if not isinstance(data[name], np.ndarray):
-                raise CheckpointError(f"{unreadable}: entry {name!r} is not an array")
+    names = set(archive.files)
+    missing = sorted({"meta", "w", "b"} - names)
+    if missing:
+        raise CheckpointError(f"{unreadable}: array {missing[0]!r} is missing")
+    if names - {"meta", "w", "b", "key"}:
+        raise CheckpointError(f"{unreadable}: it holds arrays jaxlin does not write")
+    data = {}
+    for name in sorted(names):
+        try:
+            data[name] = archive[name]
+        except Exception:  # a bad CRC, header or length: corrupt bytes
+            raise CheckpointError(
+                f"{unreadable}: array {name!r} is corrupt (truncated or altered)"
+            ) from None
+        if not isinstance(data[name], np.ndarray):
+            raise CheckpointError(f"{unreadable}: entry {name!r} is not an array")
     return data
 
 
