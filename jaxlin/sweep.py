@@ -238,16 +238,14 @@ def check_grid_memory(
 
 def _check_lrs(lrs) -> np.ndarray:
     """``lrs`` as a 1-D float array: finite, > 0, not empty, not nested."""
-    if np.ndim(lrs) == 0 or isinstance(lrs, (str, bytes)):
-        raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r:.80}")
     try:
-        values = np.asarray(lrs, dtype=object)
+        values = None if isinstance(lrs, (str, bytes)) else np.asarray(lrs, dtype=object)
     except ValueError:  # ragged nesting
-        values = None
-    if values is None or values.ndim != 1 or any(np.ndim(v) for v in values):
-        raise ValueError(f"lrs must be a 1-D sequence of learning rates, got {lrs!r:.80}")
-    if values.size == 0:
+        raise ValueError(f"lrs must be a 1-D sequence of learning rates, got {lrs!r:.80}") from None
+    if values is None or values.ndim == 0 or values.size == 0:
         raise ValueError(f"lrs must be a non-empty sequence of learning rates, got {lrs!r:.80}")
+    if values.ndim != 1 or any(np.ndim(v) for v in values):
+        raise ValueError(f"lrs must be a 1-D sequence of learning rates, got {lrs!r:.80}")
     return np.array([checks.finite_float("lrs", v, positive=True) for v in values])
 
 
