@@ -23,6 +23,7 @@
 # %matplotlib inline
 import functools
 import itertools
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 import jaxlin
 from jaxlin.plot import plot_history
+from jaxlin.stream import fit_stream, generate_shards
 
 key = jax.random.key(0)
 key_data, key_init, key_shuffle, key_more = jax.random.split(key, 4)
@@ -77,11 +79,17 @@ print("drop_last batches:", kept.shape, "- left out this epoch:", n - kept.size,
 # %% [markdown]
 # ## 3.3.2: data that does not fit in memory
 #
-# *How would you shuffle data held on disk?* With a pseudorandom permutation
-# that can be evaluated at any position on its own. `jaxlin.permute_indices`
-# is such a keyed bijection (a Feistel network): the index at position `i` of
-# a shuffle of a billion rows costs a few hashes and no memory for the other
-# positions, so each batch can read just its own rows from disk.
+# *What if the data do not fit in memory? How would you shuffle data held on
+# disk?* Keep the data in files and read one **block** of minibatches at a
+# time: memory then holds a block, not the dataset. Two things must still
+# work as in memory: the shuffle, and the result.
+#
+# The shuffle needs a permutation that can be evaluated at any position on
+# its own, without building (or sorting) an array of all `n` indices.
+# `jaxlin.permute_indices` is such a keyed bijection (a Feistel network): the
+# index at position `i` of a shuffle of a billion rows costs a few hashes and
+# no memory for the other positions, so each block can compute just its own
+# rows and read them.
 
 # %%
 n_huge = 10**9
@@ -89,6 +97,35 @@ positions = jnp.arange(8)
 print("first 8 rows to read:", jaxlin.permute_indices(key_shuffle, positions, n_huge))
 
 # %% [markdown]
+# `jaxlin.stream` puts this together. `generate_shards` writes a dataset to a
+# folder as `.npy` files (shards) plus a manifest, generating it a chunk at a
+# time, so it never holds the whole dataset either; `fit_stream` trains on the
+# folder, reading each block's rows from the files (memory-mapped) in a
+# background thread while the device runs the previous block's steps. It
+# takes the same batches as `fit` would take on the same data in memory, so it
+# gives `fit`'s result. Here the dataset is small enough to check that: 60,000
+# rows in 3 shards, in a temporary folder, read in blocks of 500 minibatches
+# (16,000 rows) at a time.
+
+# %%
+with tempfile.TemporaryDirectory() as folder:
+    on_disk = generate_shards(key_more, folder, num_examples=60_000, shards=3)
+    print(f"{on_disk.num_examples:,} rows in {len(on_disk.shards)} shards, {on_disk.dtype} on disk")
+    streamed, stream_history = fit_stream(
+        params0, folder, data.val, lr=0.03, max_epochs=1, batch_size=32, key=key_shuffle,
+        block_batches=500,
+    )  # fmt: skip
+    # Only to check the answer: this small dataset does fit in memory.
+    X_disk = np.concatenate([np.load(shard.X) for shard in on_disk.shards])
+    y_disk = np.concatenate([np.load(shard.y) for shard in on_disk.shards])
+in_memory, _ = jaxlin.fit(
+    params0, (X_disk, y_disk), data.val, lr=0.03, max_epochs=1, batch_size=32, key=key_shuffle
+)
+gap = max(float(jnp.max(jnp.abs(streamed[k] - in_memory[k]))) for k in ("w", "b"))
+print(f"streamed: w {np.ravel(streamed['w'])}, b {float(streamed['b'][0]):.4f}")
+print(f"largest difference from fit on the same data in memory: {gap:.1e}")
+print(f"validation loss after one epoch: {stream_history.val_loss[-1]:.2e}")
+
 # ## 3.3.3 and 3.3.4: a generator of new data, and one that repeats itself
 #
 # *Implement a data generator that produces new data on the fly, every time
@@ -257,12 +294,22 @@ ax1.plot(wavelengths, jnp.exp(log_planck(wavelengths, 1000 * t_fit)), label="fit
 ax1.set_xlabel("wavelength (µm)")
 ax1.set_ylabel("spectral radiance B (W m$^{-2}$ sr$^{-1}$ m$^{-1}$)")
 ax1.legend()
-ax2.plot(1000 * t_path)
+ax1.set_title(f"spectrum of a 5800 K black body, fitted T = {1000 * t_fit:.0f} K")
+ax2.plot(1000 * t_path, ".-", ms=3)
+ax2.axhline(5800, color="k", ls=":", label="true T")
 ax2.set_xlabel("gradient step")
 ax2.set_ylabel("temperature (K)")
+ax2.set_title("the estimate of T, step by step (from 3000 K)")
+ax2.legend()
 plt.show()
 
 # %% [markdown]
+# The first step overshoots, from 3000 K to well above the true temperature:
+# at 3000 K the model's spectrum is far too faint in the visible and the loss
+# is steep in $T$, so a step of the learning rate times that slope is large.
+# Near the answer the slope flattens, and the steps shrink to nothing; a
+# smaller learning rate would avoid the overshoot and take more steps.
+#
 # ## 3.4.4: second derivatives of the loss
 #
 # *What problems might you encounter computing second derivatives of the loss,
@@ -321,13 +368,20 @@ print("Hessian of the absolute loss:\n", abs_hessian(flat0))
 # lecture does. JAX can also turn such broadcasts into errors
 # (`jax.numpy_rank_promotion("raise")`, which the jaxlin tests switch on).
 
+#
+# The difference shows best at **trained** parameters, where the right loss is
+# tiny: the wrong one compares every prediction with every label, so it stays
+# near the spread of the labels themselves, whatever the parameters.
+
 # %%
-y_hat = jaxlin.linreg(params0, Xb)
+params_trained, _ = jaxlin.fit(params0, data.train, max_epochs=10, key=key_shuffle)
+y_hat = jaxlin.linreg(params_trained, Xb)
 y_flat = yb.ravel()  # labels of shape (n,)
 wrong = (y_hat - y_flat) ** 2 / 2
 print("y_hat", y_hat.shape, "- y", y_flat.shape, "->", wrong.shape)
 print(
-    f"without reshape: {wrong.mean():.3f}, with reshape: {jaxlin.squared_loss(y_hat, y_flat):.3f}"
+    f"at trained parameters: without reshape {wrong.mean():.3g}, "
+    f"with reshape {jaxlin.squared_loss(y_hat, y_flat):.3g}"
 )
 with jax.numpy_rank_promotion("raise"):
     try:
@@ -336,6 +390,12 @@ with jax.numpy_rank_promotion("raise"):
         print("with rank promotion off:", str(err).splitlines()[0][:90], "...")
 
 # %% [markdown]
+# The right loss is at the noise floor, $0.01^2/2 = 5 \times 10^{-5}$; the
+# broadcast one is about half the variance of the labels, over five orders of
+# magnitude larger, and its gradient would pull every prediction towards the
+# mean label. At the near-zero initial parameters the two would look alike
+# (both are about the labels' spread), which is why this bug hides so well.
+#
 # ## 3.4.6: learning rates and epochs
 #
 # *How quickly does the loss drop for different learning rates? Can you reduce
@@ -344,7 +404,7 @@ with jax.numpy_rank_promotion("raise"):
 
 # %%
 lrs = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 2.5]
-fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
 for lr in lrs:
     try:
         _, h = jaxlin.fit(params0, data.train, data.val, lr=lr, max_epochs=10, key=key_shuffle)
@@ -355,8 +415,9 @@ for lr in lrs:
 ax.set_yscale("log")
 ax.set_xlabel("epoch")
 ax.set_ylabel("validation loss")
+ax.axhline(0.01**2 / 2, color="k", ls=":", lw=1, label="noise floor")
 ax.set_title("learning-rate sweep (batch 32)")
-ax.legend(ncol=2, fontsize="small")
+ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
 plt.show()
 
 # %% [markdown]
@@ -382,16 +443,21 @@ def record(end):
 
 jaxlin.fit(params0, data.train, data.val, lr=0.03, max_epochs=20, key=key_shuffle, callback=record)
 errors = np.array(errors)
-fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
 epochs = np.arange(1, 21)
-ax.plot(epochs, errors[:, 0], "o-", label="|error in w|")
-ax.plot(epochs, errors[:, 1], "s-", label="|error in b|")
-ax.plot(epochs, errors[:, 2], "^-", label="validation loss")
-ax.set_yscale("log")
-ax.set_xlabel("epoch")
-ax.set_ylabel("error / loss")
-ax.set_title("more epochs at lr = 0.03")
-ax.legend()
+ax1.plot(epochs, errors[:, 0], "o-", label="|error in w|")
+ax1.plot(epochs, errors[:, 1], "s-", label="|error in b|")
+ax1.axhline(0.01 / 1000**0.5, color="k", ls=":", lw=1, label="noise / sqrt(n)")
+ax1.set_ylabel("estimation error")
+ax1.set_title("parameter errors, lr 0.03")
+ax2.plot(epochs, errors[:, 2], "^-", color="C2", label="validation loss")
+ax2.axhline(0.01**2 / 2, color="k", ls=":", lw=1, label="noise floor")
+ax2.set_ylabel("validation loss")
+ax2.set_title("validation loss, lr 0.03")
+for ax in (ax1, ax2):
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.legend()
 plt.show()
 print(f"|error in w| after 3 epochs {errors[2, 0]:.1e}, after 20 epochs {errors[-1, 0]:.1e}")
 
@@ -460,8 +526,8 @@ for index, name in enumerate(LOSSES):
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", sharey=True)
 for ax, labels in zip(axes, ["clean", "outlier"], strict=True):
-    for name in LOSSES:
-        ax.plot(np.asarray(paths[name, labels]), lw=1, label=name)
+    for name, style in zip(LOSSES, [{}, {"lw": 3, "alpha": 0.5}, {"ls": "--"}], strict=True):
+        ax.plot(np.asarray(paths[name, labels]), **{"lw": 1, "label": name, **style})
     ax.axhline(4.2, color="k", ls=":", label="true b")
     ax.set_xlabel("SGD step")
     ax.set_title(f"{labels} labels" + (" (y[5] = 10000)" if labels == "outlier" else ""))
@@ -471,6 +537,11 @@ axes[1].legend()
 plt.show()
 
 # %% [markdown]
+# (The absolute loss is drawn wide and pale because Huber's dashed curve lies
+# on it for the first few hundred steps: while every residual is larger than
+# `delta = 1`, both losses step by the learning rate times the sign of the
+# residual, so their paths are the same until the fit gets close.)
+#
 # - **Regular data.** All three losses find the parameters. The squared loss
 #   converges fastest and most precisely: its gradient shrinks with the residual,
 #   so steps get smaller near the optimum (Huber, squared near zero, ends up
@@ -526,6 +597,12 @@ for ax, shuffle in zip(axes, [False, True], strict=True):
 plt.show()
 
 # %% [markdown]
+# The validation loss lies far below the training loss in both panels, and
+# that is expected here: the training labels carry noise of standard deviation
+# 1.0, so even the true parameters have a training loss of about
+# $1^2 / 2 = 0.5$, while the validation set is the lecture's, with noise 0.01,
+# so its loss measures almost only the error in the parameters.
+#
 # In order, the learned bias is off by about one noise standard deviation,
 # because the last few steps of each epoch (the memory of SGD at `lr = 0.1`
 # is about 10 steps) saw only the largest positive noise; the training loss
