@@ -105,12 +105,11 @@ def _open_regular(path: Path, what: str):
         raise ValueError(f"{path}: the {what} cannot be read (permission denied)") from None
     except OSError as err:
         raise ValueError(f"{path}: the {what} cannot be opened ({err.strerror})") from None
-    f = os.fdopen(fd, "rb")
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        f.close()
+        os.close(fd)
         raise ValueError(f"{path}: the {what} is not a regular file")
-    return f, st
+    return os.fdopen(fd, "rb"), st
 
 
 def _dtype_name(t: np.dtype) -> str:
@@ -578,21 +577,22 @@ def generate_shards(
     noise = checks.finite_float("noise", noise, nonnegative=True)
     shards = checks.positive_int("shards", shards)
     if shards > n:
-        raise ValueError(f"shards={shards} is more than num_examples={n}")
+        raise ValueError(f"shards must be <= num_examples ({n}), got {shards}")
     chunk = checks.positive_int("chunk", chunk)
     try:
-        dtype = np.dtype(dtype)
+        ok = dtype is not None and np.dtype(dtype) in checks.FLOAT_DTYPES  # np.dtype(None): f64
     except TypeError:
-        dtype = None
-    if dtype not in checks.FLOAT_DTYPES:
-        raise TypeError("dtype must be float32 or float64")
+        ok = False
+    if not ok:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r:.40}")
+    dtype = np.dtype(dtype)
     overwrite = checks.boolean("overwrite", overwrite)
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
         raise TypeError(f"out_dir must be a folder's path, got {out_dir!r:.60}")
     out = Path(out_dir)
     target = Path(os.path.realpath(out))  # through links: the folder itself is replaced
-    _check_out_dir(out, target, overwrite)
     _check_sizes(out, target, n, d, chunk, dtype)
+    _check_out_dir(out, target, overwrite)
 
     key_w, key_data = jax.random.split(key)
     if w is None:
