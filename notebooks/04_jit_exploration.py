@@ -15,23 +15,28 @@
 # %% [markdown]
 # # Exploring `jax.jit`
 #
-# `jaxlin.fit` has three engines that compute the same thing in three ways:
+# `jaxlin.fit` has four engines that take the same SGD steps on the same
+# batches, run in four ways:
 #
 # - `"eager"`: the lecture's Python loop, every operation dispatched on its own;
 # - `"step"`: the same loop calling a `jax.jit`-compiled train step;
-# - `"scan"`: each epoch (shuffle, batches, steps, validation) is a `lax.scan`
-#   inside one compiled program.
+# - `"scan"` (the default): each epoch (shuffle, batches, steps, validation)
+#   is a `lax.scan` inside one compiled program;
+# - `"affine"`: compiled like `"scan"`, but an epoch's steps are composed as
+#   affine maps in a parallel prefix (for a few features only).
 #
-# We time them on the lecture's problem and on a large one, with the time
+# We time them on the lecture's problem and on a larger one, with the time
 # spent **compiling** shown apart from the time spent **running**; then we look
 # at what makes a jitted function compile again, and at how the batch size and
-# the learning rate shape the loss curve.
+# the learning rate shape the loss curve and the path SGD takes.
 #
-# Set `JAXLIN_NB_SMALL=1` to shrink the large problem (the test suite does).
+# Set `JAXLIN_NB_SMALL=1` to shrink the larger problem (the test suite does).
 
 # %%
 # %matplotlib inline
 import contextlib
+import io
+import logging
 import os
 import time
 
@@ -44,11 +49,11 @@ import jaxlin
 from jaxlin.plot import plot_history
 
 SMALL = os.environ.get("JAXLIN_NB_SMALL", "0") == "1"
-LARGE_N = 32_000 if SMALL else 1_000_000  # training examples of the large problem
-EAGER_STEPS = 20 if SMALL else 100  # the eager engine is timed on this many steps, scaled up
+LARGE_N = 20_000 if SMALL else 100_000  # training examples of the larger problem
+EAGER_STEPS = 10 if SMALL else 20  # the eager engine is timed on this many steps only
 
 print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
-print(f"large problem: {LARGE_N:,} examples" + (" (JAXLIN_NB_SMALL=1)" if SMALL else ""))
+print(f"larger problem: {LARGE_N:,} examples" + (" (JAXLIN_NB_SMALL=1)" if SMALL else ""))
 
 # %% [markdown]
 # ## Compile time versus run time
@@ -79,20 +84,18 @@ def compile_clock():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def measure(run):
-    """Time the first call (compile + run) and the second (run only) of ``run()``."""
+def measure(run, repeats=3):
+    """The first call of ``run()`` (compile + run), then the median of ``repeats`` more."""
     with compile_clock() as stats:
         start = time.perf_counter()
         jax.block_until_ready(run())
         first = time.perf_counter() - start
-    start = time.perf_counter()
-    jax.block_until_ready(run())
-    return {
-        "first": first,
-        "compiles": stats[0],
-        "compile": stats[1],
-        "run": time.perf_counter() - start,
-    }
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        samples.append(time.perf_counter() - start)
+    return {"first": first, "compiles": stats[0], "compile": stats[1], "run": np.median(samples)}
 
 
 key_data, key_init, key_shuffle = jax.random.split(jax.random.key(0), 3)
@@ -108,15 +111,9 @@ def run_fit(data, engine, num_train=None, epochs=1):
 
     def run():
         params, _ = jaxlin.fit(
-            params0,
-            (X, y),
-            data.val,
-            lr=0.03,
-            max_epochs=epochs,
-            batch_size=32,
-            key=key_shuffle,
-            engine=engine,
-        )
+            params0, (X, y), data.val, lr=0.03, max_epochs=epochs, batch_size=32,
+            key=key_shuffle, engine=engine,
+        )  # fmt: skip
         return params
 
     return run
@@ -127,22 +124,25 @@ def run_fit(data, engine, num_train=None, epochs=1):
 # steps, the last one of 8 examples).
 
 # %%
+ENGINES = ("eager", "step", "scan", "affine")
 rows = []
-for engine in ("eager", "step", "scan"):
-    m = measure(run_fit(seed, engine))
-    rows.append(("lecture (1,000)", engine, m, 1.0))
+for engine in ENGINES:
+    repeats = 1 if engine == "eager" else 3  # eager: slow, and its spread is small beside it
+    rows.append(("lecture (1,000)", engine, measure(run_fit(seed, engine), repeats), 1.0))
 
 # %% [markdown]
-# On the large problem the eager engine would take minutes, so it runs
-# `EAGER_STEPS` steps and its time is scaled to a whole epoch (it does the same
-# work at every step, whatever the size of the data).
+# On the larger problem the eager engine would take minutes, so it runs only
+# `EAGER_STEPS` steps and its time per epoch is an **estimate**: the time of
+# those steps scaled to a whole epoch (every step does the same work,
+# whatever the size of the data). It is labelled as such below. The other
+# engines run the whole epoch.
 
 # %%
 steps_large = -(-LARGE_N // 32)
-m = measure(run_fit(large, "eager", num_train=EAGER_STEPS * 32))
-rows.append((f"large ({LARGE_N:,})", "eager", m, steps_large / EAGER_STEPS))
-for engine in ("step", "scan"):
-    rows.append((f"large ({LARGE_N:,})", engine, measure(run_fit(large, engine)), 1.0))
+m = measure(run_fit(large, "eager", num_train=EAGER_STEPS * 32), repeats=1)
+rows.append((f"larger ({LARGE_N:,})", "eager", m, steps_large / EAGER_STEPS))
+for engine in ("step", "scan", "affine"):
+    rows.append((f"larger ({LARGE_N:,})", engine, measure(run_fit(large, engine)), 1.0))
 
 print(
     f"{'problem':18s} {'engine':6s} {'first call':>10s} {'compiles':>8s} {'compile':>9s} "
@@ -151,26 +151,31 @@ print(
 for problem, engine, m, scale in rows:
     steps = 32 if problem.startswith("lecture") else steps_large
     run = m["run"] * scale
-    extra = " (scaled)" if scale != 1.0 else ""
+    note = f"  estimate: {EAGER_STEPS} steps timed, x{scale:.0f}" if scale != 1.0 else ""
     print(
         f"{problem:18s} {engine:6s} {m['first']:9.3f}s {m['compiles']:8d} {m['compile']:8.3f}s "
-        f"{run:9.3f}s {1e6 * run / steps:7.1f}µs{extra}"
+        f"{run:9.4f}s {1e6 * run / steps:7.1f}µs{note}"
     )
 
 # %%
-fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
-labels = [f"{p.split()[0]}\n{e}" for p, e, _, _ in rows]
+fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
+labels = [f"{p.split()[0]}\n{e}" + ("\n(estimate)" if s != 1.0 else "") for p, e, _, s in rows]
 compile_s = [m["compile"] for _, _, m, _ in rows]
 run_s = [m["run"] * s for _, _, m, s in rows]
 x = np.arange(len(rows))
 ax.bar(x - 0.2, compile_s, 0.4, label="compile (first call)")
-ax.bar(x + 0.2, run_s, 0.4, label="run, one epoch")
+bars = ax.bar(x + 0.2, run_s, 0.4, label="run, one epoch")
+for bar, (_, _, _, scale) in zip(bars, rows, strict=True):
+    if scale != 1.0:
+        bar.set_hatch("//")
+        bar.set_alpha(0.6)
+        bar.set_label(f"run, one epoch: estimate from {EAGER_STEPS} steps")
 ax.set_xticks(x, labels)
 ax.set_yscale("log")
 ax.set_xlabel("problem and engine")
 ax.set_ylabel("seconds")
 ax.set_title("compile time versus run time")
-ax.legend()
+ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
 plt.show()
 
 # %% [markdown]
@@ -180,53 +185,58 @@ plt.show()
 #   compiled once per shape into a tiny program, hence dozens of small
 #   compilations. After that each step still pays Python dispatch for every
 #   operation, so it is by far the slowest per step.
-# - **step** compiles one program per batch shape (two on the lecture's
-#   problem: the full batches and the smaller last one; a new data size also
-#   compiles the data loader's shuffle) and then pays one dispatch per step,
-#   plus the batch gather of the Python data loader.
-# - **scan** compiles the whole epoch once. On the lecture's problem compiling
-#   costs far more than running (an epoch runs in well under a millisecond), so
-#   for small problems the compile time is what you wait for; on the large
-#   problem the per-step cost is what matters, and scan's is the lowest
-#   because nothing goes back to Python between steps.
+# - **step** compiles one program per batch shape (the full batches and the
+#   smaller last one; a new data size also compiles the data loader's
+#   shuffle) and then pays a few dispatches per step: the batch gather of the
+#   Python data loader and the step.
+# - **scan** and **affine** compile the whole run once. On the lecture's
+#   problem compiling costs far more than running (an epoch runs in well under
+#   a millisecond), so for small problems the compile time is what you wait
+#   for; on the larger problem the per-step cost is what matters, and the
+#   compiled engines' is the lowest because nothing goes back to Python
+#   between steps.
 #
 # ## What triggers a recompile
 #
 # `jax.jit` caches compiled programs by the *abstract* signature of the
 # arguments: shapes, dtypes, weak types and the values of static arguments.
 # Any change there means a new trace and a new compilation. We count them
-# around calls of `jaxlin.train_step`, with all inputs made beforehand.
+# around calls of a freshly jitted train step (a new `jax.jit` has an empty
+# cache, so its first call compiles), with all inputs made beforehand.
 
 # %%
 X, y = seed.train
 Xb, yb = X[:32], y[:32]
 X_last, y_last = X[992:], y[992:]  # the last batch: 8 examples
 lr_a, lr_b = jnp.float32(0.03), jnp.float32(0.1)
-jax.block_until_ready(jaxlin.train_step(params0, Xb, yb, lr_a))  # compiled once here
+fresh_step = jax.jit(lambda params, X, y, lr: jaxlin.train.step(params, X, y, lr))
+counts = {}
 
 
 def recompiles(label, fn):
     with compile_clock() as stats:
         jax.block_until_ready(fn())
+    counts[label] = stats[0]
     print(f"{label:45s} recompiles: {stats[0]}")
 
 
-recompiles("same shapes, same lr", lambda: jaxlin.train_step(params0, Xb, yb, lr_a))
-recompiles(
-    "same shapes, another lr (a traced argument)", lambda: jaxlin.train_step(params0, Xb, yb, lr_b)
-)
-recompiles(
-    "a new shape (the last batch of 8)", lambda: jaxlin.train_step(params0, X_last, y_last, lr_a)
-)
-recompiles("that shape again", lambda: jaxlin.train_step(params0, X_last, y_last, lr_a))
-recompiles("lr as a Python float (weak type)", lambda: jaxlin.train_step(params0, Xb, yb, 0.03))
-recompiles("another Python float", lambda: jaxlin.train_step(params0, Xb, yb, 0.05))
+recompiles("first call: lr a float32 array", lambda: fresh_step(params0, Xb, yb, lr_a))
+recompiles("same shapes, same lr", lambda: fresh_step(params0, Xb, yb, lr_a))
+recompiles("same shapes, another lr (a traced argument)", lambda: fresh_step(params0, Xb, yb, lr_b))
+recompiles("a new shape (the last batch of 8)", lambda: fresh_step(params0, X_last, y_last, lr_a))
+recompiles("that shape again", lambda: fresh_step(params0, X_last, y_last, lr_a))
+recompiles("lr as a Python float (weak type)", lambda: fresh_step(params0, Xb, yb, 0.03))
+recompiles("another Python float", lambda: fresh_step(params0, Xb, yb, 0.05))
+assert counts["first call: lr a float32 array"] >= 1
+assert counts["same shapes, another lr (a traced argument)"] == 0
+assert counts["a new shape (the last batch of 8)"] >= 1 and counts["that shape again"] == 0
+assert counts["lr as a Python float (weak type)"] >= 1 and counts["another Python float"] == 0
 
 # %% [markdown]
 # A traced learning rate can change freely. A new batch shape compiles once
 # and is then cached. A Python float is a *weakly typed* scalar, a different
-# abstract type from a `float32` array, so switching between the two compiles
-# once more (but different Python floats share one program).
+# abstract type from a `float32` array, so switching from one to the other
+# compiles once more, and different Python floats then share that program.
 #
 # A Python scalar that is **static** (marked in `static_argnames`, or captured
 # by a closure that is jitted anew) is part of the cache key: every new value
@@ -254,20 +264,42 @@ for lr in (0.01, 0.02, 0.01):
     recompiles(f"static_argnames lr={lr}", lambda lr=lr: static_step(params0, Xb, yb, lr=lr))
 
 # %% [markdown]
+# The static `lr=0.01` compiled once, and its second use found the program in
+# the cache; each closure compiled anew.
+#
 # **How to see it.** Besides counting with `jax.monitoring`, JAX can log every
 # compilation (`jax.log_compiles()`), and `jax_explain_cache_misses` says *why*
-# the cache missed: which argument changed, and how. The messages go to the
-# log (stderr), shown below the cell.
+# the cache missed: which argument changed, and how. Both write to JAX's log
+# (the `logging` module, which a notebook shows on stderr); here we capture the
+# log and print it.
+
 
 # %%
+@contextlib.contextmanager
+def jax_log():
+    """Collects what JAX logs inside the block into a string buffer."""
+    buffer, logger = io.StringIO(), logging.getLogger("jax")
+    handler = logging.StreamHandler(buffer)
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield buffer
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 X_odd, y_odd = X[:16], y[:16]
-with jax.log_compiles():
+with jax_log() as log, jax.log_compiles():
     jaxlin.train_step(params0, X_odd, y_odd, lr_a)  # a new shape: logged
+print("log_compiles:\n ", "\n  ".join(log.getvalue().strip().splitlines()[:3]))
 jax.config.update("jax_explain_cache_misses", True)
 try:
-    jaxlin.train_step(params0, X_odd, y_odd, lr_a.astype(jnp.bfloat16))  # a new dtype: explained
+    with jax_log() as log:
+        jaxlin.train_step(params0, X_odd, y_odd, lr_a.astype(jnp.bfloat16))  # a new dtype
 finally:
     jax.config.update("jax_explain_cache_misses", False)
+print("explain_cache_misses:\n ", "\n  ".join(log.getvalue().strip().splitlines()[:8]))
 
 # %% [markdown]
 # `fit`'s scan engine is written so that nothing recompiles between epochs or
@@ -314,37 +346,87 @@ plt.show()
 # batch 256 only 4, and each update moves the parameters by about the same
 # amount (the loss is a mean, so the gradient does not grow with the batch).
 # Per **step**, the curves nearly coincide: a larger batch gives a less noisy
-# gradient (visible once the loss reaches the noise floor) but not a larger
-# step. On a parallel device a step of 256 costs about as much as a step of 8,
-# which is why large batches pay off there, usually with a larger learning rate.
+# gradient (batch 256's curve is the smoothest) but not a larger step. On a
+# parallel device a step of 256 costs about as much as a step of 8, which is
+# why large batches pay off there, usually with a larger learning rate.
 
 # %%
-fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+val_by_lr = {}
 for lr in (0.003, 0.03, 0.3, 1.5):
     _, h = jaxlin.fit(params0, seed.train, seed.val, lr=lr, max_epochs=3, key=key_shuffle)
+    val_by_lr[lr] = h.val_loss
     ax.plot(
         np.arange(1, h.train_loss.size + 1) / h.train_loss.shape[1],
         h.train_loss.ravel(),
         lw=1,
         label=f"lr {lr}",
     )
+ax.axhline(0.01**2 / 2, color="k", ls=":", lw=1, label="noise floor")
 ax.set_yscale("log")
 ax.set_xlabel("epoch")
 ax.set_ylabel("training loss (per batch)")
 ax.set_title("learning rate (batch 32)")
-ax.legend()
+ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5))
 plt.show()
+for lr in (0.3, 1.5):
+    print(f"lr {lr}: validation loss after each epoch", np.array2string(val_by_lr[lr], precision=2))
 
 # %% [markdown]
 # A small learning rate descends slowly (0.003 barely moves in 3 epochs);
-# 0.3 reaches the noise floor within the first epoch. 1.5 gets there faster
-# still, but it is close to the stability limit (about $2/\lambda_{\max}$ of
+# 0.3 reaches the noise floor within the first epoch. 1.5 gets there fast
+# too, but it is close to the stability limit (about $2/\lambda_{\max}$ of
 # the loss's Hessian $\tilde{X}^\top\tilde{X}/n$, here about 2): every step
-# overshoots a little, so the floor it settles at is higher and noisier, and
-# its validation loss creeps up from epoch to epoch. All these runs reuse one
-# compiled program. The last one, with its validation curve:
+# overshoots a little, so each minibatch's noise is amplified rather than
+# averaged out. Its training loss is noisier, and its validation loss (printed
+# above) does not settle: it moves from epoch to epoch, mostly above the floor
+# where 0.3's stays. All these runs reuse one compiled program. The last one,
+# with its validation curve:
 
 # %%
 _, h = jaxlin.fit(params0, seed.train, seed.val, lr=1.5, max_epochs=3, key=key_shuffle)
 plot_history(h, title="lr 1.5, batch 32")
 plt.show()
+
+# %% [markdown]
+# ## The path SGD takes
+#
+# `jaxlin.trajectory` records the parameters after every step, inside the
+# compiled run (one call; the learning rate is traced, so the runs below that
+# share a batch size and a number of epochs share a program). With two features we can draw the path
+# of $(w_1, w_2)$ on the contours of the loss (with $b$ at its best value for
+# each $w$). Each panel starts from the same small random parameters.
+
+# %%
+RUNS = [
+    ("full batch, lr 0.1: smooth", {"batch_size": 1000, "lr": 0.1, "max_epochs": 30}),
+    ("batch 32, lr 0.03: the lecture", {"batch_size": 32, "lr": 0.03, "max_epochs": 3}),
+    ("batch 1, lr 0.03: noisy", {"batch_size": 1, "lr": 0.03, "max_epochs": 1}),
+    ("full batch, lr 1.0", {"batch_size": 1000, "lr": 1.0, "max_epochs": 30}),
+    ("full batch, lr 1.8: oscillating", {"batch_size": 1000, "lr": 1.8, "max_epochs": 30}),
+    ("full batch, lr 2.1: diverging", {"batch_size": 1000, "lr": 2.1, "max_epochs": 30}),
+]
+fig, axes = plt.subplots(2, 3, figsize=(12, 7.6), layout="constrained")
+for ax, (title, run) in zip(axes.ravel(), RUNS, strict=True):
+    path = jaxlin.trajectory(params0, seed.train, key=key_shuffle, **run)
+    label = f"{path.shape[0] - 1} steps"
+    jaxlin.plot_trajectory({label: path}, seed.train, ax, title=title)
+plt.show()
+
+# %% [markdown]
+# The contours are nearly circles because the two features are independent
+# with unit variance: the Hessian is close to the identity, so the gradient
+# points almost straight at the solution, and every path runs along that line.
+#
+# - **Full batch, small lr**: the exact gradient, so the path is smooth, with
+#   steps that shrink as the slope flattens.
+# - **Batch 32** (the lecture) wobbles a little: each minibatch's gradient is
+#   an estimate of the full one. **Batch 1** wobbles most, and keeps
+#   wandering around the solution instead of stopping there.
+# - **lr 1.0 with the full batch** lands next to the solution in one step:
+#   with a Hessian close to the identity, a step of size 1 is almost Newton's
+#   method.
+# - **lr 1.8**: each step overshoots to the other side of the solution, and
+#   the path zig-zags in, shrinking slowly. **lr 2.1** is beyond the
+#   stability limit $2 / \lambda_{\max}$: every overshoot is larger than the
+#   last, and the path leaves the picture.
