@@ -101,6 +101,11 @@ def _parse(path: Path) -> Module:
                 base = ".".join([*anchor, *([base] if base else [])])
             for alias in node.names:
                 module.imports[alias.asname or alias.name] = base
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                module.imports[alias.asname or alias.name.partition(".")[0]] = alias.name
+    for name in module.imports:  # ``except ImportError: fcntl = None`` defines no API
+        module.defined.pop(name, None)
     return module
 
 
@@ -195,7 +200,13 @@ def pages(mods: dict[str, Module] | None = None) -> dict[str, str]:
             ]
             lines.append("")
         for n in own:
-            lines += [f"::: {module}.{n}", ""]
+            node = mods[module].defined[n]
+            if isinstance(node, ast.Assign) and not isinstance(node.targets[0], ast.Name):
+                # ``a, b = ...``: griffe does not collect the names of an unpacking.
+                source = ast.get_source_segment(mods[module].path.read_text(), node)
+                lines += [f"## `{n}` {{#{module}.{n}}}", "", f"```python\n{source}\n```", ""]
+            else:
+                lines += [f"::: {module}.{n}", ""]
         out[page_path(module)] = "\n".join(lines)
     return out
 
