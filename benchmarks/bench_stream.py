@@ -85,7 +85,7 @@ def main() -> None:
     gen = child("-c", "import resource, sys; from jaxlin.cli import main; rc = main(sys.argv[1:]);"
                 " print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)",
                 "generate", "--out", str(a.dir), "--num-examples", str(a.num_examples),
-                "--d", str(a.d), "--shards", str(a.shards))  # fmt: skip
+                "--d", str(a.d), "--shards", str(a.shards), "--overwrite")  # fmt: skip
     gen_s = time.perf_counter() - start
     size = sum(f.stat().st_size for f in a.dir.glob("*.npy"))
     print(gen.stdout.strip())

@@ -55,6 +55,9 @@ SLOW_FILES = {
     "test_parallel.py",
     "test_sklearn.py",
     "test_stream.py",
+    "test_stream_files.py",
+    "test_checkpoint_files.py",
+    "test_cli_errors.py",
     "test_sweep.py",
 }
 SLOW_TESTS = {
