@@ -1,0 +1,119 @@
+"""The documentation: the README stays short, the benchmarks page is the JSON's, and
+the API reference covers every public name.
+
+The README and benchmarks checks need nothing beyond the test extra; the API
+reference's are read from ``docs/hooks.py`` (``ast`` only), checked against
+what ``import jaxlin`` exposes; the configuration check needs the ``docs`` extra.
+CI builds the whole site with ``mkdocs build --strict`` (``.ci/run``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import pkgutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import jaxlin
+
+ROOT = Path(__file__).resolve().parents[1]
+SET_UP_COMMANDS = ["pip install . && jaxlin train", 'pip install -e ".[test]" && pytest']
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def hooks():
+    return _load(ROOT / "docs" / "hooks.py", "jaxlin_docs_hooks")
+
+
+def test_readme_is_short_and_keeps_the_set_up_commands():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 160
+    for command in SET_UP_COMMANDS:
+        assert f"\n{command}\n" in text, command
+    assert 'pytest -m "not slow"' in text
+
+
+def test_benchmarks_page_is_generated_from_the_json():
+    report = _load(ROOT / "benchmarks" / "report.py", "jaxlin_benchmarks_report")
+    committed = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert report.render() == committed, "run: python benchmarks/report.py"
+
+
+def _runtime_public_modules() -> list[str]:
+    names = ["jaxlin"]
+    for info in pkgutil.walk_packages(jaxlin.__path__, "jaxlin."):
+        parts = info.name.split(".")
+        if any(p.startswith("_") for p in parts) or parts[1] == "cli":
+            continue
+        names.append(info.name)
+    return names
+
+
+def _runtime_public_names(module) -> set[str]:
+    """``__all__``; without it, the functions and classes the module defines."""
+    if hasattr(module, "__all__"):
+        return set(module.__all__)
+    return {
+        n
+        for n, v in vars(module).items()
+        if not n.startswith("_")
+        and (inspect.isfunction(v) or inspect.isclass(v))
+        and v.__module__ == module.__name__
+    }
+
+
+def test_the_reference_has_a_page_per_public_module(hooks):
+    assert sorted(hooks.public_modules()) == sorted(_runtime_public_modules())
+
+
+def test_every_public_name_is_in_the_api_reference(hooks):
+    pages = hooks.pages()
+    where = hooks.api()
+    for name in _runtime_public_modules():
+        if name == "jaxlin.sklearn":
+            pytest.importorskip("sklearn")
+        module = importlib.import_module(name)
+        page = pages[hooks.page_path(name)]
+        for public in sorted(_runtime_public_names(module)):
+            assert public in where[name], f"{name}.{public} is not in the API reference"
+            target = where[name][public]
+            assert (
+                f"::: {target}\n" in page  # rendered here
+                or f"{{#{target}}}" in page  # rendered here from its source line
+                or f"][{target}]" in page  # linked to where it is rendered
+            ), f"{name}.{public}: no entry on {hooks.page_path(name)}"
+            home = pages[hooks.page_path(target.rpartition(".")[0])]
+            assert f"::: {target}\n" in home or f"{{#{target}}}" in home, target
+
+
+def test_every_public_function_class_and_module_has_a_docstring(hooks):
+    assert hooks.missing_docstrings() == []
+
+
+def test_the_site_configuration_lists_the_generated_pages(hooks):
+    config_module = pytest.importorskip("mkdocs.config")
+    config = config_module.load_config(str(ROOT / "mkdocs.yml"))
+    saved = dict(os.environ)  # on_config sets the notebooks' kernel environment
+    try:
+        config = hooks.on_config(config)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    nav = {k: v for entry in config.nav if isinstance(entry, dict) for k, v in entry.items()}
+    assert [next(iter(p.values())) for p in nav["API reference"]] == [
+        hooks.page_path(m) for m in hooks.public_modules()
+    ]
+    assert nav["Notebooks"] == [f"notebooks/{p.name}" for p in hooks.NOTEBOOKS]
