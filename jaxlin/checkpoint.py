@@ -363,7 +363,7 @@ def _check_meta(meta: Any, requested: dict | None) -> str | None:
     config = meta["config"]
     expected = {**_SETTINGS, **{k: type(v) for k, v in (requested or {}).items()}}
     for field, types in expected.items():
-        if field in config and config[field] is not None and types is not type(None):
+        if field in config and types is not type(None):
             types = (int, float) if types in (int, float) and field not in _SETTINGS else types
             problem = _type_problem(config[field], types)
             if problem:

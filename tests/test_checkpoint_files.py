@@ -152,6 +152,7 @@ CORRUPT = [
     ("config a list", lambda d: _edit_meta(d, _set("config", [1])), r"'config' is a list"),
     ("config lr text", lambda d: _edit_meta(d, _set_config("lr", MARKER)),
      r"config field lr is text, expected int or float"),
+    ("config lr null", lambda d: _edit_meta(d, _set_config("lr", None)), r"field lr is null"),
     ("config shuffle", lambda d: _edit_meta(d, _set_config("shuffle", 1)), r"field shuffle is a"),
     ("history outside", lambda d: _edit_meta(d, _set("history", "../x.bin")),
      r"not the name of a history file"),
