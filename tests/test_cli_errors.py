@@ -175,6 +175,8 @@ CLI = [
      "cannot be combined with --noise 0.5"),
     ("data engine", lambda t: ["train", *_data(t), "--engine", "step"],
      "cannot be combined with --engine step"),
+    ("data engine affine", lambda t: ["train", *_data(t), "--engine", "affine"],
+     "cannot be combined with --engine affine"),
     ("data checkpoint", lambda t: ["train", *_data(t), "--checkpoint-dir", str(t / "c")],
      "cannot be combined with --checkpoint-dir"),
     ("sweep lr empty", lambda t: ["sweep", "--lr", "0.1,,0.2"], "argument --lr: expected comma"),

@@ -140,9 +140,23 @@ def test_no_recompile_for_new_lr_and_seed_values(data):
 
 
 def test_lr_range_is_log_spaced():
-    got = lr_range("1e-4:1:5")
+    got = lr_range("1e-4:1:5").values()
     np.testing.assert_allclose(got, [1e-4, 1e-3, 1e-2, 1e-1, 1.0], rtol=1e-12)
-    assert got[-1] == 1.0 and len(lr_range("1e-4:1:64")) == 64
+    assert got[-1] == 1.0 and len(lr_range("1e-4:1:64").values()) == 64
+
+
+def test_lr_range_is_parsed_without_making_its_values():
+    """A huge COUNT is three numbers until the sweep's size is checked (refused, not built)."""
+    assert tuple(lr_range("1e-4:1:1000000000")) == (1e-4, 1.0, 10**9)
+
+
+def test_grid_memory_counts_every_step_loss_of_every_configuration():
+    from jaxlin.sweep import grid_values
+
+    small = grid_values(3, 2, 200, 2, max_epochs=2, batch_size=32)
+    assert small >= 3 * 2 * 2 * 7  # the per-step losses alone: L x S x epochs x steps
+    more = grid_values(3, 2, 200, 2, max_epochs=20, batch_size=32)
+    assert more - small == 3 * 2 * 18 * (7 + 1)  # each epoch adds its steps and a val loss
 
 
 def test_cli_writes_json_png_and_prints_the_table(tmp_path, capsys):
@@ -188,6 +202,8 @@ X = jnp.ones((20, 2))
 BAD = [
     (dict(lrs=[]), "lrs must be a non-empty"),
     (dict(lrs=0.1), "lrs must be a non-empty"),
+    (dict(lrs=[[0.1, 0.2]]), "lrs must be a 1-D sequence"),
+    (dict(lrs=np.ones((2, 1))), "lrs must be a 1-D sequence"),
     (dict(lrs=[0.1, float("nan")]), "lrs must be finite"),
     (dict(lrs=[0.1, 0.0]), "lrs must be > 0"),
     (dict(seeds=0), "seeds must be an int >= 1"),

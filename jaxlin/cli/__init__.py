@@ -25,8 +25,9 @@ COMMANDS = {"train": train, "sweep": sweep, "generate": generate}
 
 # Names users type for a flag that jaxlin spells otherwise (Python's, other tools').
 ALIASES = {
-    "--learning-rate": "--lr", "--lrs": "--lr", "--max-epochs": "--epochs",
-    "--num-epochs": "--epochs", "--n-epochs": "--epochs", "--gradient-clip-val": "--clip",
+    "--learning-rate": "--lr", "--learning-rates": "--lr", "--lrs": "--lr",
+    "--max-epochs": "--epochs", "--num-epochs": "--epochs", "--n-epochs": "--epochs",
+    "--gradient-clip-val": "--clip",
     "--grad-clip": "--clip", "--clip-norm": "--clip", "--batch": "--batch-size",
     "--bs": "--batch-size", "--weights": "--w", "--bias": "--b", "--random-seed": "--seed",
     "--random-state": "--seed", "--num-seeds": "--seeds", "--n-train": "--num-train",
@@ -208,7 +209,7 @@ def _run(argv: list[str], interrupt: Interrupt) -> int:
     try:
         interrupt.check(f"interrupted before {args.command} started; nothing saved")
         COMMANDS[args.command].run(args)
-        interrupt.check(f"interrupted at the end of {args.command}; {interrupt.saved}")
+        interrupt.check(f"interrupted as {args.command} finished; its output is complete")
     except KeyboardInterrupt as err:  # Ctrl-C: one line that says what was saved
         print(f"jaxlin: {str(err) or f'interrupted; {interrupt.saved}'}", file=sys.stderr)
         return 130

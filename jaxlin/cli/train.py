@@ -137,9 +137,10 @@ def check_devices_flag(args) -> None:
 
 
 def refuse_with(args, what: str, dests) -> None:
-    """One-line refusal of the first of ``dests`` that the user gave."""
+    """One-line refusal of the first of ``dests`` that the user gave (``--engine scan``,
+    which both streaming and data parallelism run, is honoured rather than refused)."""
     for dest in dests:
-        if given(args, dest):
+        if given(args, dest) and not (dest == "engine" and args.engine == "scan"):
             value = getattr(args, dest)
             shown = ",".join(map(repr, value)) if isinstance(value, list) else value
             raise ValueError(
