@@ -127,7 +127,7 @@ def run_fit(data, engine, num_train=None, epochs=1):
 ENGINES = ("eager", "step", "scan", "affine")
 rows = []
 for engine in ENGINES:
-    repeats = 1 if engine == "eager" else 3  # eager: slow, and its spread is small beside it
+    repeats = 1 if engine == "eager" else 5  # eager: slow, and its spread is small beside it
     rows.append(("lecture (1,000)", engine, measure(run_fit(seed, engine), repeats), 1.0))
 
 # %% [markdown]
@@ -190,9 +190,8 @@ plt.show()
 #   shuffle) and then pays a few dispatches per step: the batch gather of the
 #   Python data loader and the step.
 # - **scan** and **affine** compile the whole run once. On the lecture's
-#   problem compiling costs far more than running (an epoch runs in well under
-#   a millisecond), so for small problems the compile time is what you wait
-#   for; on the larger problem the per-step cost is what matters, and the
+#   problem compiling costs far more than running an epoch (orders of
+#   magnitude), so for small problems the compile time is what you wait for; on the larger problem the per-step cost is what matters, and the
 #   compiled engines' is the lowest because nothing goes back to Python
 #   between steps.
 #
