@@ -160,12 +160,14 @@ FLAG_OF_ARGUMENT = {
 def as_flags(message: str) -> str:
     """A library message in the command line's words: flags where it names arguments.
 
-    The first word (``max_epochs`` or ``num_val=2147483648``) becomes the flag,
+    The first word (``max_epochs``, or a size check's ``num_val=2147483648``) becomes the flag,
     and ``engine='affine'`` / ``gradient_clip_val`` inside the text become
     ``--engine affine`` / ``--clip``.
     """
     first, space, rest = message.partition(" ")
     name, equals, value = first.partition("=")
+    if equals and not rest.startswith("needs "):  # only a size check's "name=value needs ..."
+        name = first
     if name in FLAG_OF_ARGUMENT:
         first = f"{FLAG_OF_ARGUMENT[name]}{equals}{value}"
     text = f"{first}{space}{rest}"
