@@ -191,7 +191,8 @@ plt.show()
 #   Python data loader and the step.
 # - **scan** and **affine** compile the whole run once. On the lecture's
 #   problem compiling costs far more than running an epoch (orders of
-#   magnitude), so for small problems the compile time is what you wait for; on the larger problem the per-step cost is what matters, and the
+#   magnitude), so for small problems the compile time is what you wait for;
+#   on the larger problem the per-step cost is what matters, and the
 #   compiled engines' is the lowest because nothing goes back to Python
 #   between steps.
 #
