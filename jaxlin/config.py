@@ -107,12 +107,17 @@ def shuffle_key(config: TrainConfig, key) -> jax.Array | None:
 
 
 def check_batch_size(config: TrainConfig, num_examples: int) -> None:
-    """A batch cannot exceed the data it is drawn from."""
+    """A batch cannot exceed the data it is drawn from, nor the run's history the memory.
+
+    The history holds one loss per step of every epoch: ``max_epochs * ceil(n / B)``.
+    """
     if config.batch_size > num_examples:
         raise ValueError(
             f"batch_size must be <= the number of training examples ({num_examples}), "
             f"got {config.batch_size}"
         )
+    steps = -(-num_examples // config.batch_size)
+    checks.fits_in_memory("max_epochs", config.max_epochs, config.max_epochs * steps)
 
 
 def training_data(params, train, val, config: TrainConfig, test=None) -> tuple:
