@@ -151,3 +151,14 @@ def test_cli_draws_the_libraries_data_bit_for_bit(argv):
     for k in ref_params:  # N(0, 1) * sigma fused in one program: the last bit may round apart
         np.testing.assert_allclose(params[k], ref_params[k], rtol=1e-6)
     np.testing.assert_array_equal(jax.random.key_data(key_shuffle), jax.random.key_data(key_ref))
+
+
+def test_plot_trajectory_writes_the_path_and_needs_two_features(tmp_path, capsys):
+    out = tmp_path / "path.png"
+    argv = ["train", "--num-train", "64", "--num-val", "16", "--quiet", "--no-cache"]
+    assert main([*argv, "--plot-trajectory", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    assert main([*argv, "--w", "1,2,3", "--plot-trajectory", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--plot-trajectory" in err and "2 features" in err and err.count("\n") == 1

@@ -142,9 +142,9 @@ def check_output(flag: str, path: Path | None) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ValueError(f"{flag} {path}: is a directory, expected a file path")
-    if flag == "--plot" and path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+    if flag.startswith("--plot") and path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise ValueError(
-            f"--plot {path}: unknown image format {path.suffix or '(none)'!r}; "
+            f"{flag} {path}: unknown image format {path.suffix or '(none)'!r}; "
             f"use one of .{', .'.join(sorted(PLOT_FORMATS))}"
         )
     if not folder.is_dir():

@@ -31,7 +31,9 @@ RUN_FIELDS = ("w", "b", "noise", "num_train", "num_val", "seed", "sigma", "engin
 
 # What --data does not honour: the synthetic problem's flags (the data are on disk),
 # and what streaming cannot do. Given with --data, each is refused rather than ignored.
-NOT_WITH_DATA = ("num_train", "num_val", "w", "b", "noise", "engine", "checkpoint_dir")
+NOT_WITH_DATA = (
+    "num_train", "num_val", "w", "b", "noise", "engine", "checkpoint_dir", "plot_trajectory",
+)  # fmt: skip
 
 ENGINE_HELP = (
     "how jaxlin.fit runs the epochs: 'scan' compiles them (one XLA call per epoch, or per "
@@ -78,6 +80,10 @@ def add_parser(sub) -> None:
         "--engine", choices=("scan", "affine", "step", "eager"), default="scan", help=ENGINE_HELP
     )
     t.add_argument("--plot", type=Path, default=None, help="write the loss curves (PNG)")
+    t.add_argument(
+        "--plot-trajectory", type=Path, default=None, metavar="FILE",
+        help="write SGD's path through (w1, w2) on the contours of the loss (2 features only)",
+    )  # fmt: skip
     t.add_argument("--json", type=Path, default=None, help="write the results as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.add_argument(
@@ -222,7 +228,7 @@ def resume_command(args) -> str:
     words = ["jaxlin", "train", f"--w={','.join(repr(v) for v in args.w)}", f"--b={args.b!r}"]
     for flag in (
         "noise", "num_train", "num_val", "batch_size", "lr", "epochs", "seed", "clip", "sigma",
-        "engine", "checkpoint_dir", "json", "plot", "device", "cache_dir",
+        "engine", "checkpoint_dir", "json", "plot", "plot_trajectory", "device", "cache_dir",
     ):  # fmt: skip
         value = getattr(args, flag)
         if value is not None and not (flag == "cache_dir" and value == DEFAULT_CACHE):
@@ -233,8 +239,14 @@ def resume_command(args) -> str:
 
 def run(args) -> dict:
     """Data, init, fit, report; returns the JSON record."""
-    for flag, path in (("--plot", args.plot), ("--json", args.json)):
+    outputs = ("--plot", args.plot), ("--plot-trajectory", args.plot_trajectory)
+    for flag, path in (*outputs, ("--json", args.json)):
         check_output(flag, path)
+    if args.plot_trajectory is not None and args.data is None and len(args.w) != 2:
+        raise ValueError(
+            f"--plot-trajectory draws the path through (w1, w2): it needs 2 features, "
+            f"got --w with {len(args.w)} values"
+        )
     check_data_flags(args)
     check_checkpoint_flags(args)
     check_devices_flag(args)
@@ -264,6 +276,7 @@ def run(args) -> dict:
 
     interrupt.check("interrupted before training started; nothing saved")
     data, params, key_shuffle = setup(args)
+    initial = params
     interrupt.check("interrupted before training started; nothing saved")
     if args.checkpoint_dir is not None:  # what a second Ctrl-C, which exits at once, leaves
         interrupt.saved = f"{args.checkpoint_dir / CHECKPOINT_FILE} holds the last finished epoch"
@@ -332,8 +345,25 @@ def run(args) -> dict:
         "backend": jax.default_backend(),
         "devices": 1 if mesh is None else mesh.size,
     }
-    write_outputs(args, record, history, title=f"lr={args.lr}, batch={args.batch_size}")
+    title = f"lr={args.lr}, batch={args.batch_size}"
+    written = write_outputs(args, record, history, title=title)
+    if args.plot_trajectory is not None:
+        write_trajectory(args, initial, data.train, key_shuffle, written)
     return record
+
+
+def write_trajectory(args, params, train, key, written: list[str]) -> None:
+    """``--plot-trajectory``: the run's every step, recorded in one compiled call, drawn."""
+    import jaxlin
+
+    path = jaxlin.trajectory(
+        params, train, key=key, lr=args.lr, max_epochs=args.epochs,
+        batch_size=args.batch_size, gradient_clip_val=args.clip,
+    )  # fmt: skip
+    title = f"SGD path: lr={args.lr}, batch={args.batch_size}, {args.epochs} epochs"
+    jaxlin.save_trajectory_plot(path, train, args.plot_trajectory, title=title)
+    written.append(str(args.plot_trajectory))
+    interrupt_of(args).saved = f"{', '.join(written)} written"
 
 
 def epoch_line(args, end, seconds: float) -> str:
@@ -343,8 +373,8 @@ def epoch_line(args, end, seconds: float) -> str:
     return f"{line}  ({seconds:.2f} s elapsed)"
 
 
-def write_outputs(args, record: dict, history, *, title: str) -> None:
-    """``--json`` and ``--plot``, each noted in what Ctrl-C reports as saved."""
+def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
+    """``--json`` and ``--plot``, noted in what Ctrl-C reports as saved; returns their paths."""
     interrupt = interrupt_of(args)
     written = []
     if args.json is not None:
@@ -357,6 +387,7 @@ def write_outputs(args, record: dict, history, *, title: str) -> None:
         save_history_plot(history, args.plot, title=title)
         written.append(str(args.plot))
         interrupt.saved = f"{', '.join(written)} written"
+    return written
 
 
 def setup(args):
