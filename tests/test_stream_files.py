@@ -429,3 +429,25 @@ def test_reader_of_a_truncated_shard_raises_instead_of_sigbus(ds):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and all("X-00001.npy: 0 bytes" in line for line in lines)
+
+
+def test_an_interrupted_generate_leaves_the_old_dataset_and_no_temporary_folder(tmp_path, key):
+    """progress(rows, n) is called as rows are written; what it raises (here Ctrl-C)
+    ends the generation with the folder as it was, and nothing of the new one left."""
+    out = tmp_path / "d"
+    stream.generate_shards(key, out, 300, shards=2, chunk=64)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+
+    def stop_after_first(rows, total):
+        calls.append((rows, total))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stream.generate_shards(
+            jax.random.key(7), out, 500, shards=3, chunk=64, overwrite=True,
+            progress=stop_after_first,
+        )  # fmt: skip
+    assert calls == [(64, 500)]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

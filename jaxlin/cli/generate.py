@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from jaxlin.cli.common import floats
+from jaxlin.cli.common import floats, interrupt_of
 
 # generate_shards names its arguments; the command line says the flag typed.
 FLAGS = {
@@ -69,11 +69,22 @@ def run(args) -> None:
     from jaxlin.stream import generate_shards
 
     start = time.perf_counter()
+    interrupt = interrupt_of(args)
+    shown = [start]
+
+    def progress(rows: int, total: int) -> None:
+        """Ctrl-C stops between chunks (the folder stays as it was); a line every few seconds."""
+        interrupt.check(f"interrupted while generating; {args.out} was left as it was")
+        now = time.perf_counter()
+        if rows < total and now - shown[0] > 5:
+            print(f"{rows}/{total} rows written ({now - start:.0f} s elapsed)", flush=True)
+            shown[0] = now
+
     try:
         ds = generate_shards(
             jax.random.key(args.seed), args.out, args.num_examples, d=args.d,
             shards=args.shards, w=args.w, b=args.b, noise=args.noise, chunk=args.chunk,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, progress=progress,
         )  # fmt: skip
     except (ValueError, TypeError) as err:
         raise type(err)(as_flags(str(err))) from None

@@ -26,6 +26,7 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -457,12 +458,13 @@ def _check_sizes(out: Path, target: Path, n: int, d: int, chunk: int, dtype: np.
 
 def _write_shards(
     folder: Path, key_data, w: np.ndarray, b: float, noise: float, counts: list[int],
-    chunk: int, dtype: np.dtype,
+    chunk: int, dtype: np.dtype, progress: Callable[[int, int], None] | None = None,
 ) -> list[tuple[str, str]]:  # fmt: skip
     """Write the shard files into ``folder``, each in order, a chunk at a time.
 
     Chunk ``c`` (rows ``c * chunk ..``) is drawn from ``fold_in(key_data, c)``;
-    a chunk across a shard boundary is drawn once and split.
+    a chunk across a shard boundary is drawn once and split. ``progress(rows, n)``
+    is called after each piece written.
     """
     n, d = sum(counts), w.size
     names = [(f"X-{i:05d}.npy", f"y-{i:05d}.npy") for i in range(len(counts))]
@@ -487,6 +489,8 @@ def _write_shards(
                     fx.write(np.ascontiguousarray(drawn[1][take]))
                     fy.write(np.ascontiguousarray(drawn[2][take]))
                     row += take.stop - take.start
+                    if progress is not None:
+                        progress(row, n)
                 for f in (fx, fy):
                     f.flush()
                     os.fsync(f.fileno())
@@ -541,6 +545,7 @@ def generate_shards(
     dtype=np.float32,
     *,
     overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Dataset:
     """Write ``y = X w + b + noise`` as ``.npy`` shards and a manifest; bounded memory.
 
@@ -564,6 +569,9 @@ def generate_shards(
       chunk: rows generated at a time (memory: about ``3 * chunk * (d + 1)`` values).
       dtype: float32 or float64.
       overwrite: replace a folder that already holds a dataset.
+      progress: called as ``progress(rows_written, num_examples)`` as the
+        rows are written (to report, or to stop: whatever it raises ends the
+        generation and leaves ``out_dir`` as it was).
 
     Returns:
       the ``Dataset`` as ``open_dataset(out_dir)`` reads it.
@@ -602,7 +610,7 @@ def generate_shards(
     new = target.parent / f".{target.name}.jaxlin-new-{secrets.token_hex(4)}"
     os.mkdir(new)
     try:
-        names = _write_shards(new, key_data, w, b, noise, counts, chunk, dtype)
+        names = _write_shards(new, key_data, w, b, noise, counts, chunk, dtype, progress)
         manifest = {
             "format": FORMAT,
             "num_examples": n,
