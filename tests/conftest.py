@@ -57,6 +57,8 @@ SLOW_FILES = {
     "test_stream.py",
     "test_stream_files.py",
     "test_checkpoint_files.py",
+    "test_docs.py",
+    "test_trajectory.py",
     "test_cli_errors.py",
     "test_sweep.py",
 }
