@@ -518,6 +518,7 @@ def main() -> None:
         print(f"  process: {name:32} {t:6.2f} s")
 
     result = {
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
         "env": env,
         "bandwidth_gbps": gbps,
         "one_core_bandwidth_gbps": one_core,

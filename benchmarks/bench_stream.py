@@ -108,6 +108,7 @@ def main() -> None:
     import jax
 
     result = dict(
+        timestamp=time.strftime("%Y-%m-%d %H:%M:%S"),
         num_examples=a.num_examples, d=a.d, shards=a.shards, batch_size=a.batch_size,
         epochs=a.epochs, rounds=a.rounds, data_bytes=size, generate_s=gen_s,
         generate_peak_rss_mib=float(gen.stdout.strip().splitlines()[-1]), runs=runs,
