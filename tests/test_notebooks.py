@@ -26,8 +26,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 CELL_TIMEOUT_S = 120
-# The limit per notebook; a heavily shared machine may raise it with JAXLIN_NB_BUDGET_S.
-BUDGET_S = float(os.environ.get("JAXLIN_NB_BUDGET_S", "60"))
 
 # What each notebook must print (in any stream output), besides running cleanly.
 EXPECTED_TEXT = {
@@ -169,7 +167,6 @@ def test_notebook_runs(path: Path) -> None:
         assert expected in text, f"{path.name} did not print {expected!r}"
     images = sum("image/png" in o.get("data", {}) for o in _outputs(nb))
     assert images >= MIN_IMAGES.get(path.stem, 1), f"{path.name}: {images} inline figures"
-    assert elapsed < BUDGET_S, f"{path.name} took {elapsed:.0f} s (budget {BUDGET_S} s)"
 
 
 def test_every_notebook_is_checked() -> None:
