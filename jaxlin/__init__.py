@@ -1,39 +1,57 @@
 """jaxlin: the lecture's linear regression by minibatch SGD, as pure JAX functions."""
 
-from jaxlin.checkpoint import (
-    Checkpoint,
-    fit_with_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-)
-from jaxlin.config import ENGINES, TrainConfig
-from jaxlin.data import (
-    SEED_B,
-    SEED_W,
-    TRUE_B,
-    TRUE_W,
-    Splits,
-    minibatches,
-    split_batches,
-    synthetic_data,
-    synthetic_splits,
-)
-from jaxlin.engines import make_train, run_epochs
-from jaxlin.engines.trajectory import trajectory
-from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
-from jaxlin.optim import clip_by_global_norm, global_norm, sgd
-from jaxlin.plot import (
-    plot_history,
-    plot_sweep,
-    plot_trajectory,
-    save_history_plot,
-    save_sweep_plot,
-    save_trajectory_plot,
-)
-from jaxlin.shuffle import epoch_key, permutation, permute_indices
-from jaxlin.sweep import Selection, Summary, SweepResult, config_keys, select, summarize, sweep
-from jaxlin.train import train_epoch, train_step
-from jaxlin.trainer import EpochEnd, History, TrainingDiverged, fit
+import os as _os
+import sys as _sys
+
+
+def _started_as_command() -> bool:
+    """Whether this process is the ``jaxlin`` command: its script, or ``python -m jaxlin``."""
+    script = _os.path.basename(_sys.argv[0]) if _sys.argv else ""
+    argv = getattr(_sys, "orig_argv", [])
+    by_module = "-m" in argv[:-1] and argv[argv.index("-m") + 1] == "jaxlin"
+    return script in ("jaxlin", "jaxlin.exe") or by_module
+
+
+try:
+    from jaxlin.checkpoint import (
+        Checkpoint,
+        fit_with_checkpoints,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from jaxlin.config import ENGINES, TrainConfig
+    from jaxlin.data import (
+        SEED_B,
+        SEED_W,
+        TRUE_B,
+        TRUE_W,
+        Splits,
+        minibatches,
+        split_batches,
+        synthetic_data,
+        synthetic_splits,
+    )
+    from jaxlin.engines import make_train, run_epochs
+    from jaxlin.engines.trajectory import trajectory
+    from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
+    from jaxlin.optim import clip_by_global_norm, global_norm, sgd
+    from jaxlin.plot import (
+        plot_history,
+        plot_sweep,
+        plot_trajectory,
+        save_history_plot,
+        save_sweep_plot,
+        save_trajectory_plot,
+    )
+    from jaxlin.shuffle import epoch_key, permutation, permute_indices
+    from jaxlin.sweep import Selection, Summary, SweepResult, config_keys, select, summarize, sweep
+    from jaxlin.train import train_epoch, train_step
+    from jaxlin.trainer import EpochEnd, History, TrainingDiverged, fit
+except KeyboardInterrupt:  # Ctrl-C while the command starts (JAX loading): one line, no trace
+    if not _started_as_command():
+        raise
+    _sys.stderr.write("jaxlin: interrupted while starting; nothing saved\n")
+    raise SystemExit(130) from None
 
 __version__ = "0.1.0"
 

@@ -337,3 +337,34 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path, flags, after_line, delay):
     if after_line:  # stopped after an epoch, not at the end: the last line printed is that epoch
         done = int(err.split("after epoch ")[1].split("/")[0])
         assert 1 <= done < 50 and out.count("epoch ") == done
+
+
+STARTING = """
+import os, runpy, signal, sys
+
+class CtrlCWhenJaxLoads:  # SIGINT to this process as `import jaxlin` starts importing JAX
+    def find_spec(self, name, path=None, target=None):
+        if name == "jax":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCWhenJaxLoads())
+sys.argv = [sys.argv[1], "train", "--quiet"]
+runpy.run_module("jaxlin", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("argv0", ["jaxlin", "library-user"])
+def test_ctrl_c_while_jaxlin_imports_jax(argv0):
+    """The command: exit 130 and one line. Anyone else importing jaxlin: Python's own
+    KeyboardInterrupt, as for any library."""
+    proc = subprocess.run(
+        [sys.executable, "-c", STARTING, argv0],
+        capture_output=True, text=True, env=_env(), timeout=120,
+    )  # fmt: skip
+    if argv0 == "jaxlin":
+        assert proc.returncode == 130, proc.stderr
+        assert proc.stderr == "jaxlin: interrupted while starting; nothing saved\n"
+    else:
+        assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
