@@ -81,7 +81,7 @@ def train_epoch(
     return params, np.asarray(jax.device_get(losses))
 
 
-# ``from jaxlin.train import fit`` (and these other names) works: they live in the driver.
+# The driver's and the engines' names, importable from here too (``from jaxlin.train import fit``).
 _MOVED = {
     "fit": "jaxlin.trainer",
     "History": "jaxlin.trainer",
@@ -93,7 +93,7 @@ _MOVED = {
 
 
 def __getattr__(name: str):
-    """``jaxlin.train.fit`` and the other moved names, imported from where they live now."""
+    """``jaxlin.train.fit`` and the names above, from the modules that define them."""
     if name in _MOVED:
         import importlib
 
