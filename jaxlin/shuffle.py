@@ -190,7 +190,7 @@ def permute_runs(
     is row ``i`` of the block's run ``g``), so a minibatch of ``B <= G``
     examples draws from ``B`` different runs (except in the last block, which
     may hold fewer runs), while a block's examples lie in ``G`` contiguous
-    stretches of the files: one page fault per page, not per row. The last
+    stretches of the files: one read per run, not per row. The last
     ``n % run`` examples are shuffled among themselves at the end.
 
     Every example still comes exactly once per epoch and the same key gives

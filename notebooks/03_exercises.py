@@ -100,8 +100,9 @@ print("first 8 rows to read:", jaxlin.permute_indices(key_shuffle, positions, n_
 # `jaxlin.stream` puts this together. `generate_shards` writes a dataset to a
 # folder as `.npy` files (shards) plus a manifest, generating it a chunk at a
 # time, so it never holds the whole dataset either; `fit_stream` trains on the
-# folder, reading each block's rows from the files (memory-mapped) in a
-# background thread while the device runs the previous block's steps. It
+# folder, reading each block's rows (from memory up to 1 GiB of data, from the
+# files above it) in a background thread while the device runs the previous
+# block's steps. It
 # takes the same batches as `fit` would take on the same data in memory, so it
 # gives `fit`'s result. Here the dataset is small enough to check that: 60,000
 # rows in 3 shards, in a temporary folder, read in blocks of 500 minibatches

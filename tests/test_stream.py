@@ -1,17 +1,19 @@
 """Shards on disk: deterministic files, checks that name the file, streaming equals fit."""
 
-import gc
 import json
+import os
 import threading
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxlin
 from jaxlin import shuffle, stream
-from jaxlin.stream import reader
+from jaxlin.stream import format as fmt
+from jaxlin.stream import reader as reader_module
 from jaxlin.stream import train as stream_train
 
 
@@ -225,48 +227,98 @@ def test_cli_generate_then_train_from_disk(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "threads, piece_rows, piece_bytes", [(1, 4096, 1 << 20), (3, 7, 1 << 20), (2, 64, 100)]
+    "threads, piece_rows, piece_bytes, gap_bytes",
+    [(1, 4096, 1 << 20, 8192), (3, 7, 1 << 20, 0), (2, 64, 100, 24), (2, 4096, 1 << 20, 1 << 30)],
 )
-def test_reader_releasing_pages_reads_the_same_rows(shards, key, threads, piece_rows, piece_bytes):
-    """Pieces copied by several threads, each handing back its own pages: the same rows.
+def test_reader_from_files_reads_the_rows_of_the_resident_one(
+    shards, key, threads, piece_rows, piece_bytes, gap_bytes
+):
+    """Pieces read from the files by several threads, spans of every size: the same rows.
 
-    (100 bytes: a piece ends at every 8 rows of the file, 12 bytes each.)
+    (gap_bytes 0: a read per run of consecutive rows; 24: rows up to two
+    apart share a read (12 bytes each); 2**30: one read per piece. 100
+    bytes: a piece ends at every 8 rows of the file.)
     """
     idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:500]
-    kept = stream.ShardReader(shards, threads=1)
-    released = stream.ShardReader(
-        shards, budget_bytes=0, threads=threads, piece_rows=piece_rows, piece_bytes=piece_bytes
-    )
+    idx = np.concatenate([idx, idx[:20], np.arange(40, 90)])  # rows twice, and consecutive rows
+    resident = stream.ShardReader(shards, threads=1)
+    files = stream.ShardReader(
+        shards, budget_bytes=0, threads=threads, piece_rows=piece_rows, piece_bytes=piece_bytes,
+        gap_bytes=gap_bytes,
+    )  # fmt: skip
     if piece_bytes == 100:  # each piece within one 8-row window of its shard
         order = np.sort(idx)
         bounds = np.searchsorted(order, shards.offsets)
         for s in range(len(shards.shards)):
-            for _, lo, hi in released._pieces(s, order, bounds, shards.offsets):
+            for _, lo, hi in files._pieces(s, order, bounds, shards.offsets):
                 local = order[lo:hi] - shards.offsets[s]
                 assert local[0] // 8 == local[-1] // 8 and hi - lo <= piece_rows
-    assert not kept.release_each_read and released.release_each_read
-    for _ in range(2):  # read again after the pages were handed back
-        for a, b in zip(kept.read(idx), released.read(idx), strict=True):
-            np.testing.assert_array_equal(a, b)
-    X, _ = load_all(shards)
-    np.testing.assert_array_equal(released.read(idx)[0], X[idx])
-    if Path("/proc/self/smaps").exists():  # Linux: what the reads left mapped
-        del kept  # its maps keep their pages
-        gc.collect()
-        assert _mapped_kib(shards) == 0
+    assert resident.resident and not files.resident
+    X, y = load_all(shards)
+    for _ in range(2):  # and again, from the loaded shards and the reopened files
+        for r in (resident, files):
+            got_X, got_y = r.read(idx)
+            np.testing.assert_array_equal(got_X, X[idx])
+            np.testing.assert_array_equal(got_y.ravel(), y[idx])
 
 
-def _mapped_kib(data) -> int:
-    """Resident KiB of this process's mappings of ``data``'s shard files (``/proc/self/smaps``)."""
-    files = {str(Path(p).resolve()) for s in data.shards for p in (s.X, s.y)}
-    total, current = 0, None
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
-        if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-            current = fields[5] if len(fields) > 5 else None
-        elif fields and fields[0] == "Rss:" and current in files:
-            total += int(fields[1])
-    return total
+def test_gather_equals_indexing_for_any_sorted_rows_and_gap(tmp_path):
+    """Any sorted rows (repeats included), any span threshold: exactly ``X[rows]``."""
+    X = np.random.default_rng(0).normal(size=(300, 5)).astype(np.float32)
+    np.save(tmp_path / "X-00000.npy", X)
+    file = fmt.check_shard_file(tmp_path / "X-00000.npy", np.dtype(np.float32), 5, 300)
+    fd = os.open(file.path, os.O_RDONLY)
+
+    @given(
+        rows=st.lists(st.integers(0, 299), min_size=1, max_size=120).map(sorted),
+        gap_bytes=st.integers(0, 3000),
+    )
+    @settings(max_examples=150, deadline=None)
+    def check(rows, gap_bytes):
+        out = np.full((len(rows), 5), np.nan, np.float32)
+        reader_module.gather(fd, file, np.array(rows), out, gap_bytes)
+        np.testing.assert_array_equal(out, X[rows])
+
+    try:
+        check()
+    finally:
+        os.close(fd)
+
+
+def test_reader_without_positional_reads_reads_the_same_rows(shards, key, monkeypatch):
+    """Where the OS has no pread (Windows): seek and read, on one thread, the same rows."""
+    monkeypatch.delattr(os, "preadv", raising=False)
+    monkeypatch.setattr(reader_module, "_pread", reader_module._seek_read)
+    monkeypatch.setattr(reader_module, "_POSITIONAL_READS", False)
+    idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:400]
+    X, y = load_all(shards)
+    for budget in (1 << 30, 0):
+        reader = stream.ShardReader(shards, budget_bytes=budget, threads=4)
+        assert reader.threads == 1
+        got_X, got_y = reader.read(idx)
+        np.testing.assert_array_equal(got_X, X[idx])
+        np.testing.assert_array_equal(got_y.ravel(), y[idx])
+        runs_X, _, rank = reader.read_runs(np.array([300, 0]), 64)
+        np.testing.assert_array_equal(runs_X[rank[0] * 64 : rank[0] * 64 + 64], X[300:364])
+
+
+def test_gather_reads_each_span_once(shards, monkeypatch):
+    """Rows closer than gap_bytes share one read; consecutive rows go straight to the buffer."""
+    calls = []
+    real = reader_module._pread
+    monkeypatch.setattr(reader_module, "_pread", lambda *a: calls.append(a[1:]) or real(*a))
+    file = stream.ShardReader(shards, budget_bytes=0).files[0][0]  # 335 rows of 12 bytes
+    out = np.empty((5, 3), np.float32)
+    fd = os.open(file.path, os.O_RDONLY)
+    try:
+        reader_module.gather(fd, file, np.array([3, 4, 6, 100, 101]), out, gap_bytes=12)
+        assert calls == [(48, file.offset + 36), (24, file.offset + 1200)]  # rows 3-6, 100-101
+        calls.clear()
+        reader_module.gather(fd, file, np.arange(7, 12), out, gap_bytes=0)
+        assert calls == []  # one preadv into out
+    finally:
+        os.close(fd)
+    np.testing.assert_array_equal(out, load_all(shards)[0][7:12])
 
 
 def test_runs_order_trains_reproducibly_and_learns(shards, key):
@@ -328,7 +380,7 @@ def test_runs_order_reads_whole_runs_with_the_same_result(tmp_path, key, monkeyp
 def test_packed_argsort_is_a_stable_argsort(dtype):
     idx = np.random.default_rng(0).integers(0, 2**31 - 1, 5000).astype(dtype)
     idx[::7] = idx[3]  # ties keep their positions' order
-    order, sidx = reader._argsort(idx)
+    order, sidx = reader_module._argsort(idx)
     np.testing.assert_array_equal(order, np.argsort(idx, kind="stable"))
     np.testing.assert_array_equal(sidx, np.sort(idx))
 

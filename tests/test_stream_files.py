@@ -407,28 +407,104 @@ def test_shard_truncated_or_replaced_while_training_is_named(ds, key):
             )  # fmt: skip
 
 
-def test_reader_of_a_truncated_shard_raises_instead_of_sigbus(ds):
-    """Truncated to nothing under an open reader: reading its pages would be SIGBUS.
+def _child(code: str) -> list[str]:
+    """Run ``code`` in a child Python: a signal there fails the test instead of ending the run."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    return out.stdout.splitlines()
 
-    In a child process, so that a signal fails this test rather than ending the run.
-    """
-    code = textwrap.dedent(f"""
+
+def test_a_shard_truncated_under_an_open_reader_is_named(ds):
+    """Truncated to nothing between two reads: the check before the next read names it."""
+    lines = _child(f"""
         import os, numpy as np
         from jaxlin import stream
-        reader = stream.ShardReader(stream.open_dataset({str(ds)!r}), threads=1)
-        reader.read(np.arange({N}))
-        os.truncate({str(ds / "X-00001.npy")!r}, 0)
-        for read in (lambda: reader.read(np.arange({N})),
-                     lambda: reader.read_runs(np.array([0]), {N})):
+        for budget in (1 << 30, 0):  # resident, and read from the files
+            reader = stream.ShardReader(stream.open_dataset({str(ds)!r}), budget, threads=1)
+            reader.read(np.arange({N}))
+            data = open({str(ds / "X-00001.npy")!r}, "rb").read()
+            os.truncate({str(ds / "X-00001.npy")!r}, 0)
+            for read in (lambda: reader.read(np.arange({N})),
+                         lambda: reader.read_runs(np.array([0]), {N})):
+                try:
+                    read()
+                except ValueError as err:
+                    print(err)
+            open({str(ds / "X-00001.npy")!r}, "wb").write(data)
+    """)
+    assert len(lines) == 4 and all("X-00001.npy: 0 bytes" in line for line in lines), lines
+
+
+def test_a_shard_truncated_during_a_read_is_named(ds):
+    """Cut short after the check before a read and before its rows are copied: the window a
+    memory map would answer with SIGBUS. Every kind of read ends in a ValueError naming it."""
+    lines = _child(f"""
+        import os, numpy as np
+        from jaxlin import stream
+        from jaxlin.stream import reader as reader_module
+        opened = reader_module.open_unchanged
+
+        def open_then_truncate(file):  # X-00000 passes the check, then loses its rows
+            fd = opened(file)
+            if file.path.name == "X-00000.npy":
+                os.truncate(file.path, file.offset + 2 * file.row_bytes)
+            return fd
+
+        reader_module.open_unchanged = open_then_truncate
+        path = {str(ds / "X-00000.npy")!r}
+        data = open(path, "rb").read()
+        for budget in (1 << 30, 0):  # resident (the shard's load), and read from the files
+            for read in ("sorted", "runs", "rows"):
+                reader = stream.ShardReader(stream.open_dataset({str(ds)!r}), budget, threads=1)
+                try:
+                    if read == "sorted":
+                        reader.read_sorted(np.arange({N}))
+                    elif read == "runs":
+                        reader.read_runs(np.array([0]), {N})
+                    else:
+                        reader.read(np.array([1, 9, 14]))
+                except ValueError as err:
+                    print(err)
+                open(path, "wb").write(data)
+    """)
+    words = "X-00000.npy: ended before the rows being read: truncated while the dataset is being"
+    assert len(lines) == 6 and all(words in line for line in lines), lines
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 0])
+def test_truncating_shards_at_random_moments_never_ends_the_reader(tmp_path, budget):
+    """Another thread truncates a shard file at a random moment while blocks are read,
+    30 times: each time a ValueError naming the file, never a signal."""
+    lines = _child(f"""
+        import os, random, shutil, threading, time
+        import jax, numpy as np
+        from jaxlin import stream
+        root = {str(tmp_path)!r}
+        stream.generate_shards(jax.random.key(0), root + "/pristine", 60_000, d=16, shards=3)
+        rng = random.Random(0)
+        for trial in range(30):
+            ds = root + f"/ds{{trial}}"
+            shutil.copytree(root + "/pristine", ds)
+            data = stream.open_dataset(ds)
+            reader = stream.ShardReader(data, budget_bytes={budget}, threads=2)
+            victim = rng.choice([p for s in data.shards for p in (s.X, s.y)])
+            cut = rng.randrange(victim.stat().st_size)
+            timer = threading.Timer(rng.uniform(0, 0.05), os.truncate, (victim, cut))
+            timer.start()
             try:
-                read()
+                for _ in range(10_000):
+                    reader.read_sorted(np.random.default_rng(trial).permutation(60_000)[:20_000])
+                print("not seen")
             except ValueError as err:
                 print(err)
+            timer.join()
+            reader.close()
+            shutil.rmtree(ds)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = out.stdout.splitlines()
-    assert len(lines) == 2 and all("X-00001.npy: 0 bytes" in line for line in lines)
+    assert len(lines) == 30, lines
+    for line in lines:
+        assert "-0000" in line and "while the dataset is being read" in line, line
 
 
 def test_an_interrupted_generate_leaves_the_old_dataset_and_no_temporary_folder(tmp_path, key):

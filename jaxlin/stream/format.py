@@ -12,9 +12,10 @@
   training. Shard names are plain file names inside the dataset folder.
   Anything wrong is one ``ValueError`` line that names the file, and never
   quotes the file's contents.
-* ``map_shard`` and ``check_unchanged`` are what the reader uses: a shard
-  mapped from the file it checked, and a check, before each read, that the
-  file is still the one it mapped (not truncated, replaced or rewritten).
+* ``check_shard_file``, ``check_unchanged`` and ``open_unchanged`` are what
+  the reader uses: a shard file checked once, then looked at (or opened)
+  before each read only if it is still the version checked (not truncated,
+  replaced or rewritten).
 """
 
 from __future__ import annotations
@@ -170,31 +171,31 @@ def _checked_npy(path: Path, dtype: np.dtype, width: int | None):
     return f, shape[0], shape, offset, FileId.of(st)
 
 
-def map_shard(path: Path, dtype: np.dtype, width: int | None, rows: int):
-    """A read-only memory map of a checked shard file and the ``FileId`` it was mapped from.
+class ShardFile(NamedTuple):
+    """A checked shard file: where its rows start, their size, and the version checked."""
 
-    The file is checked (header, dtype, shape, size) and mapped through the
-    same open file, so what is mapped is what was checked; ``rows`` is what
-    the dataset says it holds. ``y`` files come back as ``(rows,)``.
+    path: Path
+    offset: int  # the byte where row 0 starts (after the .npy header)
+    row_bytes: int
+    rows: int
+    ident: FileId
+
+
+def check_shard_file(path: Path, dtype: np.dtype, width: int | None, rows: int) -> ShardFile:
+    """Check a shard file (header, dtype, shape, size) and say where its rows are.
+
+    ``width``: ``d`` for an ``X`` file ``(rows, d)``; ``None`` for a ``y`` file.
+    ``rows`` is what the dataset said when it was opened.
     """
-    f, found, shape, offset, ident = _checked_npy(path, dtype, width)
-    with f:
-        if found != rows:
-            raise ValueError(f"{path}: {found} rows, but {rows} when the dataset was opened")
-        array = np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape)
-    return (array if width is not None else array.reshape(-1)), ident
+    f, found, _, offset, ident = _checked_npy(path, dtype, width)
+    f.close()
+    if found != rows:
+        raise ValueError(f"{path}: {found} rows, but {rows} when the dataset was opened")
+    return ShardFile(path, offset, (width or 1) * np.dtype(dtype).itemsize, rows, ident)
 
 
-def check_unchanged(path: Path, ident: FileId) -> None:
-    """Refuse to read from ``path`` unless it is still the file mapped as ``ident``.
-
-    A mapped file truncated under a reader ends the process with SIGBUS, and
-    one replaced or rewritten would mix two datasets: checked before each read.
-    """
-    try:
-        now = FileId.of(os.stat(path))
-    except OSError:
-        raise ValueError(f"{path}: removed while the dataset is being read") from None
+def _same_version(path: Path, now: FileId, ident: FileId) -> None:
+    """Refuse a file whose identity ``now`` is not the ``ident`` it had when checked."""
     if now == ident:
         return
     if (now.device, now.inode) != (ident.device, ident.inode):
@@ -205,6 +206,39 @@ def check_unchanged(path: Path, ident: FileId) -> None:
             "while the dataset is being read"
         )
     raise ValueError(f"{path}: modified while the dataset is being read")
+
+
+def check_unchanged(path: Path, ident: FileId) -> None:
+    """Refuse to go on reading ``path`` unless it is still the file checked as ``ident``.
+
+    One replaced or rewritten would mix two datasets: checked before each read.
+    """
+    try:
+        now = FileId.of(os.stat(path))
+    except OSError:
+        raise ValueError(f"{path}: removed while the dataset is being read") from None
+    _same_version(path, now, ident)
+
+
+def open_unchanged(file: ShardFile) -> int:
+    """A read-only file descriptor on ``file.path``, if it is still the version checked.
+
+    The identity is taken from the open descriptor (``fstat``), so what is
+    read is the file compared. ``O_NONBLOCK``: a FIFO put in its place does
+    not block the open.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(file.path, flags)
+    except OSError:
+        raise ValueError(f"{file.path}: removed while the dataset is being read") from None
+    try:
+        _same_version(file.path, FileId.of(os.fstat(fd)), file.ident)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_manifest(mpath: Path) -> dict:

@@ -1,32 +1,79 @@
-"""Reading rows of a sharded dataset: memory maps, threads, aligned buffers, pages handed back.
+"""Reading rows of a sharded dataset: positional reads or a resident copy, into aligned buffers.
 
-A read is cut into pieces of sorted rows of one shard, copied by a few
-threads at once (``np.take`` releases the GIL), into 64-byte aligned buffers:
-``jax.device_put`` takes those without a copy on the CPU. Once the dataset is
-larger than the reader's budget, the mapped pages of each piece are handed
-back to the kernel as soon as it is copied, so the process's memory stays
-near the buffers, not the data.
+A dataset up to the reader's budget is read into memory once, a shard at a
+time as reads first touch it; its rows are then gathered from there. A
+larger one is read from the files on every read, by positional reads
+(``pread``) of the spans of nearby rows a read needs, so the process's memory
+stays near its buffers, not the data. Either way rows land in 64-byte
+aligned buffers: ``jax.device_put`` takes those without a copy on the CPU.
 
-Each shard file is checked when mapped (``jaxlin.stream.format.map_shard``)
-and again before every read that touches it (``check_unchanged``): a file
-truncated, replaced or rewritten under a running job is a ``ValueError``
-naming it, not a SIGBUS from a page past the file's end (only a truncation
-during the copy itself still reaches the mapping). Each row read is checked
-as it is copied: a NaN or Inf (or, training in float32, a float64 value
+No file is memory-mapped: a mapped file truncated by another process ends
+the reader with SIGBUS on its next page, while a positional read of a file
+cut short comes back short. So a shard file is checked when the reader is
+made (``jaxlin.stream.format.check_shard_file``), again before every read
+that touches it (``check_unchanged``, ``open_unchanged``), and a truncation
+during the read itself is caught by the read: each is a ``ValueError``
+naming the file. Each row is checked as it is read (a resident shard: once,
+when it is loaded): a NaN or Inf (or, training in float32, a float64 value
 beyond float32's range) is a ``ValueError`` naming the file and the row.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
-import mmap
 import os
 from collections.abc import Callable
 
 import numpy as np
 
 from jaxlin import checks
-from jaxlin.stream.format import Dataset, check_unchanged, map_shard
+from jaxlin.stream.format import (
+    Dataset,
+    ShardFile,
+    check_shard_file,
+    check_unchanged,
+    open_unchanged,
+)
+
+
+def _seek_read(fd: int, size: int, offset: int) -> bytes:
+    """``os.pread`` where the platform has none (Windows): not safe across threads."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
+
+
+_pread = getattr(os, "pread", _seek_read)
+_POSITIONAL_READS = hasattr(os, "pread")  # reads of one descriptor from several threads
+
+
+def _read_at(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` from byte ``offset``; the number of bytes read (0 at the end)."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = _pread(fd, len(view), offset)
+    view[: len(data)] = data
+    return len(data)
+
+
+def _read_into(fd: int, file: ShardFile, first: int, out: np.ndarray) -> None:
+    """Fill ``out`` (C-contiguous, whole rows) with ``file``'s rows from ``first`` on.
+
+    Positional reads, repeated until ``out`` is full (one read returns at most
+    about 2 GiB); a file that ends first is a ``ValueError`` naming it. A
+    memory map would end the process with SIGBUS instead.
+    """
+    view = memoryview(out).cast("B")
+    start, done = file.offset + first * file.row_bytes, 0
+    while done < len(view):
+        got = _read_at(fd, view[done:], start + done)
+        if got <= 0:
+            raise ValueError(
+                f"{file.path}: ended before the rows being read: truncated while the dataset "
+                "is being read"
+            )
+        done += got
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
@@ -54,25 +101,47 @@ def _argsort(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys & 0xFFFFFFFF, keys >> 32
 
 
+def gather(fd: int, file: ShardFile, rows: np.ndarray, out: np.ndarray, gap_bytes: int) -> None:
+    """``out[k]`` = row ``rows[k]`` of ``file`` (``rows`` sorted), by positional reads.
+
+    Neighbouring rows at most ``gap_bytes`` apart are read as one span (a
+    read costs about as much as copying a few KiB): one ``pread`` per span,
+    joined, then the rows are taken from there. Consecutive rows are read
+    straight into ``out``.
+    """
+    step = np.diff(rows)
+    if (step == 1).all():  # consecutive, distinct
+        _read_into(fd, file, int(rows[0]), out)
+        return
+    cut = np.flatnonzero((step - 1) * file.row_bytes > gap_bytes) + 1
+    first = rows[np.r_[0, cut]]
+    last = rows[np.r_[cut - 1, rows.size - 1]]
+    sizes = (last - first + 1) * file.row_bytes
+    offsets = file.offset + first * file.row_bytes
+    buf = b"".join(map(_pread, itertools.repeat(fd), sizes.tolist(), offsets.tolist()))
+    if len(buf) != sizes.sum():  # a read came back short: at the file's end, or over 2 GiB
+        buf = bytearray(int(sizes.sum()))
+        at = np.cumsum(sizes) - sizes
+        for a, r, size in zip(at.tolist(), first.tolist(), sizes.tolist(), strict=True):
+            _read_into(fd, file, r, np.frombuffer(memoryview(buf)[a : a + size], np.uint8))
+    span = np.repeat(np.arange(first.size), np.diff(np.r_[0, cut, rows.size]))
+    start = np.cumsum(last - first + 1) - (last - first + 1)  # each span's first row in buf
+    pos = rows - first[span] + start[span]
+    spans = np.frombuffer(buf, out.dtype).reshape(-1, *out.shape[1:])
+    np.take(spans, pos, axis=0, out=out)
+
+
 class ShardReader:
-    """Reads rows from a dataset's shards through memory maps kept open between reads.
+    """Reads rows from a dataset's shards, held in memory or read from the files each time.
 
-    A read is cut into pieces of sorted rows of one shard, copied by
-    ``threads`` threads (``np.take`` releases the GIL), so the page faults of
-    a random read (one per row, the cost of reading from the page cache
-    through a mapping) are taken on every core at once.
-
-    Pages of a file mapping count in the process's resident memory. While the
-    dataset is at most ``budget_bytes`` they stay mapped (every page is read
-    from the page cache once); above it, each piece returns its own page range
-    to the kernel once copied (``madvise(MADV_DONTNEED)``: the pages stay in
-    the page cache, but leave this process), and at the end of the read the
-    touched shards' whole mappings are handed back too. A fault maps more than
-    its page: fault-around, and on recent kernels the whole large folio of the
-    page cache, so a block's sparse rows can map most of a large dataset. So a
-    piece also ends at every ``piece_bytes``
-    of the file: peak RSS stays near ``threads * piece_bytes`` above the
-    buffers, whatever the kernel maps per fault.
+    Up to ``budget_bytes`` of data (and at most a quarter of the machine's
+    memory) the reader is *resident*: each shard is read into memory when a
+    read first touches it, its values checked once, and rows are gathered
+    from there by ``threads`` threads (``np.take`` releases the GIL). Above
+    it, each read is cut into pieces of sorted rows of one shard, at most
+    ``piece_rows`` rows within one ``piece_bytes`` window of the file, read
+    by positional reads (``gather``), so memory stays near the buffers
+    whatever the size of the data.
     """
 
     def __init__(
@@ -83,27 +152,30 @@ class ShardReader:
         piece_rows: int = 1024,
         piece_bytes: int = 64 << 20,
         check_values: bool = True,
+        gap_bytes: int = 8 << 10,
     ):
         self.threads = threads or min(4, os.cpu_count() or 1)
+        if not _POSITIONAL_READS:  # reads move the descriptor's offset: one thread
+            self.threads = 1
         self.piece_rows = checks.positive_int("piece_rows", piece_rows)
         self.piece_bytes = checks.positive_int("piece_bytes", piece_bytes)
+        self.gap_bytes = int(gap_bytes)
         self.data = data
-        self.X, self.y, self._ids = [], [], []
-        for s in data.shards:
-            X, x_id = map_shard(s.X, data.dtype, data.num_features, s.num_examples)
-            y, y_id = map_shard(s.y, data.dtype, None, s.num_examples)
-            self.X.append(X)
-            self.y.append(y)
-            self._ids.append((x_id, y_id))
-        size = data.num_examples * (data.num_features + 1) * data.dtype.itemsize
-        self.release_each_read = size > budget_bytes
+        d, dtype = data.num_features, data.dtype
+        self.files = [
+            (
+                check_shard_file(s.X, dtype, d, s.num_examples),
+                check_shard_file(s.y, dtype, None, s.num_examples),
+            )
+            for s in data.shards
+        ]
+        size = data.num_examples * (d + 1) * data.dtype.itemsize
+        self.resident = size <= min(budget_bytes, checks.memory_bytes() // 4)
+        self._loaded: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(self.files)
         # Values as training sees them: float64 data becomes float32 unless x64 is on.
         self.trained_dtype = np.dtype(data.spec()[0].dtype)
         self._limit = float(np.finfo(self.trained_dtype).max) if check_values else None
         self._pool = None
-        if self.release_each_read:  # less read-ahead and fault-around, where the kernel obliges
-            for mm in self._maps(range(len(self.X))):
-                mm.madvise(mmap.MADV_RANDOM)
 
     def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order."""
@@ -134,45 +206,41 @@ class ShardReader:
         where[order] = np.arange(m, dtype=np.int32)
         offsets = self.data.offsets
         bounds = np.searchsorted(sidx, offsets)
-        touched = [s for s in range(len(self.data.shards)) if bounds[s + 1] > bounds[s]]
-        self.check_files(touched)
+        touched = [s for s in range(len(self.files)) if bounds[s + 1] > bounds[s]]
         X, y = out if out is not None else self.read_buffers(m)
         X, y = X[:m], y[:m]
+        with self._opened(touched) as fds:
 
-        def copy(piece):  # rows sidx[lo:hi], all in shard s, into X[lo:hi]
-            s, lo, hi = piece
-            local = sidx[lo:hi] - offsets[s]
-            np.take(self.X[s], local, axis=0, out=X[lo:hi])
-            np.take(self.y[s], local, out=y[lo:hi, 0])
-            self._check_values(s, X[lo:hi], y[lo:hi], lambda k: local[k])
-            if self.release_each_read:
-                self._release_rows(s, local[0], local[-1])
+            def copy(piece):  # rows sidx[lo:hi], all in shard s, into X[lo:hi]
+                s, lo, hi = piece
+                local = sidx[lo:hi] - offsets[s]
+                if self.resident:
+                    np.take(self._loaded[s][0], local, axis=0, out=X[lo:hi])
+                    np.take(self._loaded[s][1], local, out=y[lo:hi, 0])
+                    return
+                gather(fds[s][0], self.files[s][0], local, X[lo:hi], self.gap_bytes)
+                gather(fds[s][1], self.files[s][1], local, y[lo:hi, 0], self.gap_bytes)
+                self._check_values(s, X[lo:hi], y[lo:hi], lambda k: local[k])
 
-        pieces = [
-            piece
-            for s in range(len(self.data.shards))
-            for piece in self._pieces(s, sidx, bounds, offsets)
-        ]
-        self._run(pieces, copy)
-        if self.release_each_read:  # what fault-around mapped between and around pieces
-            self.release(touched)
+            pieces = [piece for s in touched for piece in self._pieces(s, sidx, bounds, offsets)]
+            self._run(pieces, copy)
         return X, y, where
 
     def _pieces(self, s: int, sidx, bounds, offsets) -> list[tuple[int, int, int]]:
         """Shard ``s``'s part of a sorted read as ``(s, lo, hi)`` pieces of ``sidx``.
 
         ``bounds``: where each shard starts in ``sidx``; ``offsets``: the
-        dataset's (a property that builds its array on each access). When
-        pages are handed back after each piece: at most ``piece_rows`` rows
-        each, within one ``piece_bytes`` window of the file. Otherwise one per
-        thread (at least ``piece_rows`` rows): fewer, larger copies.
+        dataset's (a property that builds its array on each access). Read from
+        the files: at most ``piece_rows`` rows each, within one ``piece_bytes``
+        window of the file (what a piece holds in memory at once). Resident:
+        one per thread (at least ``piece_rows`` rows): fewer, larger copies.
         """
         lo, hi = int(bounds[s]), int(bounds[s + 1])
         if hi == lo:
             return []
-        if self.release_each_read:
+        if not self.resident:
             cuts = set(range(lo, hi, self.piece_rows))
-            window = max(1, self.piece_bytes // self.X[s].strides[0])
+            window = max(1, self.piece_bytes // self.files[s][0].row_bytes)
             first, last = sidx[lo] - offsets[s], sidx[hi - 1] - offsets[s]
             edges = np.arange((first // window + 1) * window, last + 1, window)
             cuts.update(np.searchsorted(sidx, edges + offsets[s]).tolist())
@@ -188,10 +256,11 @@ class ShardReader:
 
         Returns ``X: (r * length, d)``, ``y: (r * length, 1)`` and ``rank: (r,)``
         with rows ``starts[j] .. starts[j] + length - 1`` at ``X[rank[j] * length:]``.
-        ``order="runs"`` reads its blocks so: a shard's runs are one gather of
-        ``(length, d)`` slabs (a view of the shard cut into runs), not 65,536
-        single rows, and no sort of them; a run across a shard's end (or, when
-        pages are handed back, every run) is copied on its own.
+        ``order="runs"`` reads its blocks so, with no sort of their rows. From
+        the files, each run is one read straight into the buffers. Resident, a
+        shard's runs are one gather of ``(length, d)`` slabs (a view of the
+        shard cut into runs), not 65,536 single rows; a run across a shard's
+        end is copied on its own.
         """
         starts = np.asarray(starts, np.int64).reshape(-1)
         length = checks.positive_int("length", length)
@@ -209,65 +278,99 @@ class ShardReader:
         X, y = X[:m], y[:m]
         offsets = self.data.offsets
         shard = np.searchsorted(offsets, first, side="right") - 1
+        touched = []
         if starts.size:  # every shard from the first run's to the last run's end
             last = int(np.searchsorted(offsets, first[-1] + length - 1, side="right")) - 1
-            self.check_files(range(int(shard[0]), last + 1))
+            touched = list(range(int(shard[0]), last + 1))
         alone = np.ones(starts.size, bool)  # runs copied one by one
-        if not self.release_each_read:
-            inside = first + length <= offsets[shard + 1]
-            for s in np.unique(shard[inside]).tolist():
-                js = np.flatnonzero(inside & (shard == s))  # consecutive: sorted by start
-                local = first[js] - offsets[s]
-                phase = local[0] % length
-                if js[-1] - js[0] + 1 != js.size or np.any(local % length != phase):
-                    continue
-                slabs = (self.data.shards[s].num_examples - phase) // length
-                lo, hi = js[0] * length, (js[-1] + 1) * length
-                ids = (local - phase) // length
-                X_s = self.X[s][phase : phase + slabs * length]
-                y_s = self.y[s][phase : phase + slabs * length]
-                np.take(
-                    X_s.reshape(slabs, length, -1),
-                    ids,
-                    axis=0,
-                    out=X[lo:hi].reshape(js.size, length, -1),
-                )
-                np.take(
-                    y_s.reshape(slabs, length),
-                    ids,
-                    axis=0,
-                    out=y[lo:hi, 0].reshape(js.size, length),
-                )
-                self._check_values(
-                    s,
-                    X[lo:hi],
-                    y[lo:hi],
-                    lambda k, js=js, s=s: first[js[0] + k // length] - offsets[s] + k % length,
-                )
-                alone[js] = False
-        bounds = offsets.tolist()
-        for j in np.flatnonzero(alone).tolist():
-            row, at, left = int(first[j]), j * length, length
-            s = int(shard[j])
-            while left:  # a run may go on into the next shard(s)
-                a = row - bounds[s]
-                take = min(left, bounds[s + 1] - row)
-                X[at : at + take] = self.X[s][a : a + take]
-                y[at : at + take, 0] = self.y[s][a : a + take]
-                self._check_values(s, X[at : at + take], y[at : at + take], lambda k, a=a: a + k)
-                if self.release_each_read:
-                    self._release_rows(s, a, a + take - 1)
-                row, at, left, s = row + take, at + take, left - take, s + 1
-        if self.release_each_read:  # what the faults mapped beyond each run
-            self.release()
+        with self._opened(touched) as fds:
+            if self.resident:
+                alone = self._read_slabs(first, length, shard, X, y)
+            bounds = offsets.tolist()
+            for j in np.flatnonzero(alone).tolist():
+                row, at, left = int(first[j]), j * length, length
+                s = int(shard[j])
+                while left:  # a run may go on into the next shard(s)
+                    a = row - bounds[s]
+                    take = min(left, bounds[s + 1] - row)
+                    if self.resident:
+                        X[at : at + take] = self._loaded[s][0][a : a + take]
+                        y[at : at + take, 0] = self._loaded[s][1][a : a + take]
+                    else:
+                        _read_into(fds[s][0], self.files[s][0], a, X[at : at + take])
+                        _read_into(fds[s][1], self.files[s][1], a, y[at : at + take, 0])
+                        self._check_values(
+                            s, X[at : at + take], y[at : at + take], lambda k, a=a: a + k
+                        )
+                    row, at, left, s = row + take, at + take, left - take, s + 1
         return X, y, rank
 
-    def check_files(self, shards) -> None:
-        """Refuse to read ``shards`` whose files are not the ones mapped (truncated, replaced)."""
-        for s in shards:
-            shard = self.data.shards[s]
-            check_unchanged(shard.X, self._ids[s][0])
-            check_unchanged(shard.y, self._ids[s][1])
+    def _read_slabs(self, first, length: int, shard, X, y) -> np.ndarray:
+        """Resident: each shard's runs inside it and at one phase of ``length``, as one gather.
+
+        ``first``: the runs' starts, sorted; ``shard``: the shard of each.
+        Returns which runs are left to copy one by one.
+        """
+        offsets = self.data.offsets
+        alone = np.ones(first.size, bool)
+        inside = first + length <= offsets[shard + 1]
+        for s in np.unique(shard[inside]).tolist():
+            js = np.flatnonzero(inside & (shard == s))  # consecutive: sorted by start
+            local = first[js] - offsets[s]
+            phase = local[0] % length
+            if js[-1] - js[0] + 1 != js.size or np.any(local % length != phase):
+                continue
+            slabs = (self.files[s][0].rows - phase) // length
+            lo, hi = js[0] * length, (js[-1] + 1) * length
+            ids = (local - phase) // length
+            X_s, y_s = (a[phase : phase + slabs * length] for a in self._loaded[s])
+            np.take(
+                X_s.reshape(slabs, length, -1), ids, axis=0,
+                out=X[lo:hi].reshape(js.size, length, -1),
+            )  # fmt: skip
+            np.take(
+                y_s.reshape(slabs, length), ids, axis=0, out=y[lo:hi, 0].reshape(js.size, length)
+            )
+            alone[js] = False
+        return alone
+
+    @contextlib.contextmanager
+    def _opened(self, shards):
+        """Shards of one read, checked unchanged: resident ones loaded, the others opened.
+
+        Gives ``{shard: (X descriptor, y descriptor)}`` (empty when resident)
+        and closes the descriptors when the read is over.
+        """
+        fds: dict[int, tuple[int, ...]] = {}
+        try:
+            for s in shards:
+                if self.resident and self._loaded[s] is None:
+                    self._load(s)
+                elif self.resident:
+                    for file in self.files[s]:
+                        check_unchanged(file.path, file.ident)
+                else:
+                    fds[s] = (open_unchanged(self.files[s][0]),)
+                    fds[s] += (open_unchanged(self.files[s][1]),)
+            yield fds
+        finally:
+            for fd in itertools.chain.from_iterable(fds.values()):
+                os.close(fd)
+
+    def _load(self, s: int) -> None:
+        """Read shard ``s`` into memory and check its values once."""
+        loaded, dtype = [], self.data.dtype
+        for file in self.files[s]:
+            a = _aligned_empty((file.rows, file.row_bytes // dtype.itemsize), dtype)
+            fd = open_unchanged(file)
+            try:
+                _read_into(fd, file, 0, a)
+            finally:
+                os.close(fd)
+            loaded.append(a)
+        X, y = loaded[0], loaded[1].reshape(-1)
+        self._check_values(s, X, y[:, None], lambda k: k)
+        self._loaded[s] = (X, y)
 
     def _check_values(self, s: int, X: np.ndarray, y: np.ndarray, row_of: Callable) -> None:
         """Refuse NaN, Inf, or values the trained dtype cannot hold, in rows just read.
@@ -310,37 +413,18 @@ class ShardReader:
             _aligned_empty((rows, 1), self.data.dtype),
         )
 
-    def _release_rows(self, s: int, first: int, last: int) -> None:
-        """Hand back the pages of shard ``s``'s rows ``first..last`` (X and y) to the kernel."""
-        for a, row_bytes in ((self.X[s], self.X[s].strides[0]), (self.y[s], self.y[s].strides[0])):
-            mm = getattr(a, "_mmap", None) or getattr(a.base, "_mmap", None)
-            if mm is None:
-                continue
-            base = a.offset % mmap.ALLOCATIONGRANULARITY  # numpy maps from a granule boundary
-            start, stop = base + first * row_bytes, base + (last + 1) * row_bytes
-            start -= start % mmap.PAGESIZE
-            mm.madvise(mmap.MADV_DONTNEED, start, min(stop, len(mm)) - start)
-
-    def _maps(self, shards):
-        for s in shards:
-            for a in (self.X[s], self.y[s]):
-                mm = getattr(a, "_mmap", None) or getattr(a.base, "_mmap", None)
-                if mm is not None:
-                    yield mm
-
-    def release(self, shards=None) -> None:
-        """Drop the mapped pages of ``shards`` (default all) from this process."""
-        for mm in self._maps(range(len(self.X)) if shards is None else shards):
-            mm.madvise(mmap.MADV_DONTNEED)  # the page cache keeps them
-
     def close(self) -> None:
-        """Stop the copying threads (reads after this run on the calling thread)."""
+        """Stop the copying threads and drop the resident shards (reads after this reload)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         self.threads = 1
+        self._loaded = [None] * len(self.files)
 
 
 def read_rows(data: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order."""
-    return ShardReader(data, threads=1).read(idx)
+    """Rows ``idx`` (global, any order) as ``X: (m, d)``, ``y: (m, 1)``, in ``idx``'s order.
+
+    Only the rows asked for are read (the dataset is not loaded).
+    """
+    return ShardReader(data, budget_bytes=0, threads=1).read(idx)
