@@ -51,6 +51,10 @@ class Dates:
         if isinstance(data.get("timestamp"), str):
             self.recorded.append(rel(path))
             return data["timestamp"].split(" ")[0]
+        runs = list(data.values())  # a file of runs, each with its own timestamp
+        if runs and all(isinstance(r, dict) and isinstance(r.get("timestamp"), str) for r in runs):
+            self.recorded.append(rel(path))
+            return ", ".join(sorted({r["timestamp"].split(" ")[0] for r in runs}))
         self.from_git.append(rel(path))
         return commit_date(path) or "unknown (not committed)"
 
@@ -184,7 +188,8 @@ def stream_section(path: Path, dates: Dates) -> list[str]:
         out += [
             f"### {run['num_examples']:,} x {run['d']} ({gib:.3g} GiB, {run['shards']} shards)",
             "",
-            f"Batch {run['batch_size']}, {run['epochs']} epochs, {run['rounds']} round(s); "
+            (f"Measured on {run['timestamp'].split(' ')[0]}. " if "timestamp" in run else "")
+            + f"Batch {run['batch_size']}, {run['epochs']} epochs, {run['rounds']} round(s); "
             f"backend {run['backend']}, {run['cpus']} cores, jax {run['jax_version']}. "
             f"Generating the data took {run['generate_s']:.3g} s "
             f"(peak RSS {run['generate_peak_rss_mib']:.0f} MiB).",
