@@ -210,12 +210,29 @@ def is_traced(value) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
+# A container's memory limit, cgroup v2 then v1 ("max", or a huge number, when unlimited).
+CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def memory_bytes() -> int:
-    """This machine's physical memory in bytes (what a request is checked against)."""
+    """This machine's memory in bytes, or its container's limit where lower.
+
+    What a request is checked against: in a container, allocating beyond its
+    cgroup's limit ends the process (the OOM killer), however much the host has.
+    """
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf: do not refuse anything
-        return 1 << 62
+        have = 1 << 62
+    for path in CGROUP_MEMORY_LIMITS:
+        try:
+            with open(path) as f:
+                text = f.read(64).strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            have = min(have, int(text))
+    return have
 
 
 def _size(num_bytes: float) -> str:

@@ -116,3 +116,20 @@ def test_old_import_paths_still_serve_the_moved_names():
     assert train.fit is jaxlin.fit and train.History is jaxlin.History
     assert train.run_epochs is jaxlin.run_epochs and train.ENGINES == jaxlin.ENGINES
     assert jaxlin.SEED_W == jaxlin.TRUE_W and jaxlin.SEED_B == jaxlin.TRUE_B
+
+
+def test_memory_is_the_containers_limit_where_lower(tmp_path, monkeypatch):
+    """Sizes are checked against a cgroup's memory limit when it is below the machine's."""
+    from jaxlin import checks
+
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(checks, "CGROUP_MEMORY_LIMITS", (str(tmp_path / "none"), str(limit)))
+    limit.write_text("max\n")  # no limit: the machine's memory
+    physical = checks.memory_bytes()
+    assert physical > 2**30
+    limit.write_text(f"{2**30}\n")
+    assert checks.memory_bytes() == 2**30
+    with pytest.raises(ValueError, match=r"num_train=1 needs 2 GiB .* has 1 GiB"):
+        checks.fits_in_memory("num_train", 1, 2**29)  # float32
+    limit.write_text(f"{physical * 4}\n")  # above the machine's
+    assert checks.memory_bytes() == physical

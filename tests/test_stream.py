@@ -1,8 +1,13 @@
 """Shards on disk: deterministic files, checks that name the file, streaming equals fit."""
 
+import errno
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import jax
 import numpy as np
@@ -170,7 +175,7 @@ def test_reader_error_in_the_background_reaches_the_caller(shards, key):
     def remove(end):
         ends.append(end.epoch)
         if end.epoch == 0:
-            ds.shards[2].X.unlink()  # mapped and checked, then gone mid-run
+            ds.shards[2].X.unlink()  # checked, then gone mid-run
 
     with pytest.raises(ValueError, match=r"X-00002\.npy: removed while"):
         stream.fit_stream(jaxlin.init_params(key, 3), ds, key=key, block_batches=2,
@@ -407,6 +412,123 @@ def test_reads_outside_the_data_are_refused(shards):
         stream.read_rows(shards, np.array([-1, 2]))
     with pytest.raises(IndexError, match="do not fit"):
         reader.read_runs(np.array([0, 1000]), 64)
+    with pytest.raises(IndexError, match=f"row {2**32 + 5} is outside"):  # not row 5
+        reader.read(np.array([2**32 + 5]))
+    with pytest.raises(ValueError, match="gap_bytes must be"):
+        stream.ShardReader(shards, gap_bytes=-1)
+
+
+def test_a_failed_piece_leaves_no_piece_writing_after_the_error(tmp_path, key, monkeypatch):
+    """Read from the files by 2 threads, the first piece fails (a NaN row) while the others
+    are slow: when read_sorted raises, every piece is over and the buffers stay as they are."""
+    ds = stream.generate_shards(key, tmp_path / "ds", 4000, d=3, shards=1)
+    X = np.load(ds.shards[0].X)
+    X[0, 0] = np.nan
+    np.save(ds.shards[0].X, X)
+    ds = stream.open_dataset(ds.root)
+    real = reader_module._pread
+
+    def slow(fd, size, offset):
+        time.sleep(0.002)
+        return real(fd, size, offset)
+
+    monkeypatch.setattr(reader_module, "_pread", slow)
+    reader = stream.ShardReader(ds, budget_bytes=0, threads=2, piece_rows=50, gap_bytes=0)
+    out = reader.read_buffers(4000)
+    idx = np.arange(0, 4000, 2)  # no two rows adjacent: one read per row
+    with pytest.raises(ValueError, match=r"X-00000\.npy: row 0 holds NaN"):
+        reader.read_sorted(idx, out)
+    before = out[0].copy()
+    decoy = tmp_path / "decoy"  # takes the numbers of the read's closed descriptors
+    decoy.write_bytes(np.full(1 << 16, 7.0, np.float32).tobytes())
+    fds = [os.open(decoy, os.O_RDONLY) for _ in range(4)]
+    try:
+        time.sleep(0.5)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    np.testing.assert_array_equal(out[0], before)
+    reader.close()
+
+
+def test_files_open_at_once_do_not_grow_with_the_number_of_shards(tmp_path, key):
+    """A read from the files opens a shard's two files at a time per thread: 60 shards
+    (120 files) are read under a limit of 16 more open files than the process has."""
+    ds = stream.generate_shards(key, tmp_path / "many", 600, d=2, shards=60)
+    lines = _child(f"""
+        import os, resource
+        import numpy as np
+        from jaxlin import stream
+        data = stream.open_dataset({str(ds.root)!r})
+        reader = stream.ShardReader(data, budget_bytes=0, threads=2)
+        reader.read(np.array([0]))  # the thread pool and numpy are up
+        now = len(os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (now + 16, resource.getrlimit(
+            resource.RLIMIT_NOFILE)[1]))
+        X, _ = reader.read(np.random.default_rng(0).permutation(600))
+        X, _ = reader.read_runs(np.arange(0, 600, 7)[:80], 7)[:2]
+        print("read", X.shape[0])
+    """)
+    assert lines == ["read 560"]
+
+
+def _child(code: str) -> list[str]:
+    """Run ``code`` in a child Python; its lines of output."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    return out.stdout.splitlines()
+
+
+def test_a_shard_rewritten_while_it_is_read_is_refused_after_the_read(shards, monkeypatch):
+    """Same size, new contents, during the read: refused once the read is over, not returned."""
+    opened = reader_module.open_unchanged
+
+    def open_then_rewrite(file):
+        fd = opened(file)
+        if file.path.name == "X-00001.npy":
+            file.path.write_bytes(file.path.read_bytes())  # in place: same size, same inode
+            os.utime(file.path, ns=(file.ident.mtime_ns + 10**9, file.ident.mtime_ns + 10**9))
+        return fd
+
+    monkeypatch.setattr(reader_module, "open_unchanged", open_then_rewrite)
+    for budget in (1 << 30, 0):  # the resident load, and a read from the files
+        reader = stream.ShardReader(shards, budget_bytes=budget, threads=1)
+        with pytest.raises(ValueError, match=r"X-00001\.npy: modified while the dataset"):
+            reader.read(np.arange(340, 350))
+        os.utime(shards.shards[1].X, ns=(reader.files[1][0].ident.mtime_ns,) * 2)
+
+
+def test_a_shard_that_cannot_be_opened_says_why(shards, monkeypatch):
+    reader = stream.ShardReader(shards, budget_bytes=0)
+    real = os.open
+
+    def no_more_files(path, *args, **kwargs):
+        if str(path).endswith(".npy"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_more_files)
+    with pytest.raises(ValueError, match=r"-00000\.npy: cannot be opened \(Too many open files\)"):
+        reader.read(np.array([3]))
+
+
+def test_shards_without_rows_are_read_around(shards, tmp_path):
+    """A Dataset built by hand may hold a shard of 0 rows: every read steps over it."""
+    np.save(tmp_path / "X-empty.npy", np.zeros((0, 3), np.float32))
+    np.save(tmp_path / "y-empty.npy", np.zeros((0,), np.float32))
+    empty = stream.Shard(tmp_path / "X-empty.npy", tmp_path / "y-empty.npy", 0)
+    parts = list(shards.shards)
+    data = shards._replace(shards=(parts[0], empty, parts[1], empty, parts[2]))
+    X, y = load_all(shards)
+    for budget in (1 << 30, 0):
+        reader = stream.ShardReader(data, budget_bytes=budget, threads=1)
+        got_X, got_y = reader.read(np.arange(1003))
+        np.testing.assert_array_equal(got_X, X)
+        np.testing.assert_array_equal(got_y.ravel(), y)
+        runs_X, runs_y, rank = reader.read_runs(np.array([300, 650]), 64)  # over empty shards
+        np.testing.assert_array_equal(runs_X[rank[1] * 64 :][:64], X[650:714])
+        np.testing.assert_array_equal(runs_y[rank[0] * 64 :][:64].ravel(), y[300:364])
 
 
 def test_huge_block_batches_reads_only_what_the_epoch_has(shards, key):

@@ -392,7 +392,7 @@ def test_shard_truncated_or_replaced_while_training_is_named(ds, key):
         path = root / "y-00001.npy"
 
         def after_first_epoch(end, path=path, change=change):
-            if end.epoch == 0 and change == "truncate":  # a few bytes: within the mapped page
+            if end.epoch == 0 and change == "truncate":  # a few bytes: the last rows
                 os.truncate(path, path.stat().st_size - 8)
             elif end.epoch == 0:
                 tmp = path.with_name("new.npy")

@@ -12,10 +12,10 @@
   training. Shard names are plain file names inside the dataset folder.
   Anything wrong is one ``ValueError`` line that names the file, and never
   quotes the file's contents.
-* ``check_shard_file``, ``check_unchanged`` and ``open_unchanged`` are what
-  the reader uses: a shard file checked once, then looked at (or opened)
-  before each read only if it is still the version checked (not truncated,
-  replaced or rewritten).
+* ``check_shard_file``, ``check_unchanged``, ``open_unchanged`` and
+  ``check_open`` are what the reader uses: a shard file checked once, then
+  looked at (or opened) before each read only if it is still the version
+  checked (not truncated, replaced or rewritten), and looked at again after.
 """
 
 from __future__ import annotations
@@ -231,14 +231,25 @@ def open_unchanged(file: ShardFile) -> int:
     flags |= getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(file.path, flags)
-    except OSError:
+    except FileNotFoundError:
         raise ValueError(f"{file.path}: removed while the dataset is being read") from None
+    except OSError as err:
+        raise ValueError(f"{file.path}: cannot be opened ({err.strerror})") from None
     try:
-        _same_version(file.path, FileId.of(os.fstat(fd)), file.ident)
+        check_open(fd, file)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def check_open(fd: int, file: ShardFile) -> None:
+    """Refuse an open ``file`` whose size, time or inode are no longer the version checked.
+
+    Called after a read too: a file rewritten or cut while it was being read
+    is refused, not trained on.
+    """
+    _same_version(file.path, FileId.of(os.fstat(fd)), file.ident)
 
 
 def _read_manifest(mpath: Path) -> dict:

@@ -1,7 +1,7 @@
 """Reading rows of a sharded dataset: positional reads or a resident copy, into aligned buffers.
 
-A dataset up to the reader's budget is read into memory once, a shard at a
-time as reads first touch it; its rows are then gathered from there. A
+A dataset up to the reader's budget is read into memory once, each shard by
+the first read that needs it; its rows are then gathered from there. A
 larger one is read from the files on every read, by positional reads
 (``pread``) of the spans of nearby rows a read needs, so the process's memory
 stays near its buffers, not the data. Either way rows land in 64-byte
@@ -11,9 +11,10 @@ No file is memory-mapped: a mapped file truncated by another process ends
 the reader with SIGBUS on its next page, while a positional read of a file
 cut short comes back short. So a shard file is checked when the reader is
 made (``jaxlin.stream.format.check_shard_file``), again before every read
-that touches it (``check_unchanged``, ``open_unchanged``), and a truncation
-during the read itself is caught by the read: each is a ``ValueError``
-naming the file. Each row is checked as it is read (a resident shard: once,
+that touches it (``check_unchanged``, ``open_unchanged``) and, read from the
+files, after it (``check_open``); a truncation that cuts the rows being read
+fails the read itself. Each is a ``ValueError`` naming the file, as is an
+``OSError`` of the disk. Each row is checked as it is read (a resident shard: once,
 when it is loaded): a NaN or Inf (or, training in float32, a float64 value
 beyond float32's range) is a ``ValueError`` naming the file and the row.
 """
@@ -25,6 +26,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from jaxlin import checks
 from jaxlin.stream.format import (
     Dataset,
     ShardFile,
+    check_open,
     check_shard_file,
     check_unchanged,
     open_unchanged,
@@ -64,16 +67,28 @@ def _read_into(fd: int, file: ShardFile, first: int, out: np.ndarray) -> None:
     about 2 GiB); a file that ends first is a ``ValueError`` naming it. A
     memory map would end the process with SIGBUS instead.
     """
+    if out.size == 0:
+        return
     view = memoryview(out).cast("B")
     start, done = file.offset + first * file.row_bytes, 0
     while done < len(view):
-        got = _read_at(fd, view[done:], start + done)
+        with _named(file):
+            got = _read_at(fd, view[done:], start + done)
         if got <= 0:
             raise ValueError(
                 f"{file.path}: ended before the rows being read: truncated while the dataset "
                 "is being read"
             )
         done += got
+
+
+@contextlib.contextmanager
+def _named(file: ShardFile):
+    """An ``OSError`` while reading ``file`` (a failing disk: EIO) as a ``ValueError`` naming it."""
+    try:
+        yield
+    except OSError as err:
+        raise ValueError(f"{file.path}: cannot be read ({err.strerror})") from None
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: np.dtype, align: int = 64) -> np.ndarray:
@@ -118,7 +133,8 @@ def gather(fd: int, file: ShardFile, rows: np.ndarray, out: np.ndarray, gap_byte
     last = rows[np.r_[cut - 1, rows.size - 1]]
     sizes = (last - first + 1) * file.row_bytes
     offsets = file.offset + first * file.row_bytes
-    buf = b"".join(map(_pread, itertools.repeat(fd), sizes.tolist(), offsets.tolist()))
+    with _named(file):
+        buf = b"".join(map(_pread, itertools.repeat(fd), sizes.tolist(), offsets.tolist()))
     if len(buf) != sizes.sum():  # a read came back short: at the file's end, or over 2 GiB
         buf = bytearray(int(sizes.sum()))
         at = np.cumsum(sizes) - sizes
@@ -159,7 +175,7 @@ class ShardReader:
             self.threads = 1
         self.piece_rows = checks.positive_int("piece_rows", piece_rows)
         self.piece_bytes = checks.positive_int("piece_bytes", piece_bytes)
-        self.gap_bytes = int(gap_bytes)
+        self.gap_bytes = checks.nonnegative_int("gap_bytes", gap_bytes)
         self.data = data
         d, dtype = data.num_features, data.dtype
         self.files = [
@@ -198,10 +214,10 @@ class ShardReader:
         """
         idx = np.asarray(idx, np.int64).reshape(-1)
         m = idx.size
-        order, sidx = _argsort(idx)
-        if m and (sidx[0] < 0 or sidx[-1] >= self.data.num_examples):
-            bad = sidx[0] if sidx[0] < 0 else sidx[-1]
+        if m and (idx.min() < 0 or idx.max() >= self.data.num_examples):
+            bad = idx.min() if idx.min() < 0 else idx.max()
             raise IndexError(f"idx: row {bad} is outside [0, {self.data.num_examples})")
+        order, sidx = _argsort(idx)
         where = np.empty(m, np.int32)
         where[order] = np.arange(m, dtype=np.int32)
         offsets = self.data.offsets
@@ -209,21 +225,21 @@ class ShardReader:
         touched = [s for s in range(len(self.files)) if bounds[s + 1] > bounds[s]]
         X, y = out if out is not None else self.read_buffers(m)
         X, y = X[:m], y[:m]
-        with self._opened(touched) as fds:
+        self._ready(touched)
 
-            def copy(piece):  # rows sidx[lo:hi], all in shard s, into X[lo:hi]
-                s, lo, hi = piece
-                local = sidx[lo:hi] - offsets[s]
-                if self.resident:
-                    np.take(self._loaded[s][0], local, axis=0, out=X[lo:hi])
-                    np.take(self._loaded[s][1], local, out=y[lo:hi, 0])
-                    return
-                gather(fds[s][0], self.files[s][0], local, X[lo:hi], self.gap_bytes)
-                gather(fds[s][1], self.files[s][1], local, y[lo:hi, 0], self.gap_bytes)
-                self._check_values(s, X[lo:hi], y[lo:hi], lambda k: local[k])
+        def copy(piece):  # rows sidx[lo:hi], all in shard s, into X[lo:hi]
+            s, lo, hi = piece
+            local = sidx[lo:hi] - offsets[s]
+            if self.resident:
+                np.take(self._loaded[s][0], local, axis=0, out=X[lo:hi])
+                np.take(self._loaded[s][1], local, out=y[lo:hi, 0])
+                return
+            with self._shard_files(s) as (fx, fy):
+                gather(fx, self.files[s][0], local, X[lo:hi], self.gap_bytes)
+                gather(fy, self.files[s][1], local, y[lo:hi, 0], self.gap_bytes)
+            self._check_values(s, X[lo:hi], y[lo:hi], lambda k: local[k])
 
-            pieces = [piece for s in touched for piece in self._pieces(s, sidx, bounds, offsets)]
-            self._run(pieces, copy)
+        self._run([p for s in touched for p in self._pieces(s, sidx, bounds, offsets)], copy)
         return X, y, where
 
     def _pieces(self, s: int, sidx, bounds, offsets) -> list[tuple[int, int, int]]:
@@ -278,31 +294,34 @@ class ShardReader:
         X, y = X[:m], y[:m]
         offsets = self.data.offsets
         shard = np.searchsorted(offsets, first, side="right") - 1
-        touched = []
-        if starts.size:  # every shard from the first run's to the last run's end
-            last = int(np.searchsorted(offsets, first[-1] + length - 1, side="right")) - 1
-            touched = list(range(int(shard[0]), last + 1))
         alone = np.ones(starts.size, bool)  # runs copied one by one
-        with self._opened(touched) as fds:
+        ready = set(np.unique(shard).tolist()) if self.resident else set()
+        self._ready(ready)
+        if self.resident:
+            alone = self._read_slabs(first, length, shard, X, y)
+        parts: dict[int, list[tuple[int, int, int]]] = {}  # shard: (its row, rows, at in X)
+        bounds = offsets.tolist()
+        for j in np.flatnonzero(alone).tolist():
+            row, at, left, s = int(first[j]), j * length, length, int(shard[j])
+            while left:  # a run may go on into the next shard(s)
+                take = min(left, bounds[s + 1] - row)
+                parts.setdefault(s, []).append((row - bounds[s], take, at))
+                row, at, left, s = row + take, at + take, left - take, s + 1
+        if self.resident:
+            self._ready(set(parts) - ready)  # shards that runs go on into
+        for s, shard_parts in parts.items():  # a shard at a time: two files open at most
             if self.resident:
-                alone = self._read_slabs(first, length, shard, X, y)
-            bounds = offsets.tolist()
-            for j in np.flatnonzero(alone).tolist():
-                row, at, left = int(first[j]), j * length, length
-                s = int(shard[j])
-                while left:  # a run may go on into the next shard(s)
-                    a = row - bounds[s]
-                    take = min(left, bounds[s + 1] - row)
-                    if self.resident:
-                        X[at : at + take] = self._loaded[s][0][a : a + take]
-                        y[at : at + take, 0] = self._loaded[s][1][a : a + take]
-                    else:
-                        _read_into(fds[s][0], self.files[s][0], a, X[at : at + take])
-                        _read_into(fds[s][1], self.files[s][1], a, y[at : at + take, 0])
-                        self._check_values(
-                            s, X[at : at + take], y[at : at + take], lambda k, a=a: a + k
-                        )
-                    row, at, left, s = row + take, at + take, left - take, s + 1
+                for a, take, at in shard_parts:
+                    X[at : at + take] = self._loaded[s][0][a : a + take]
+                    y[at : at + take, 0] = self._loaded[s][1][a : a + take]
+                continue
+            with self._shard_files(s) as (fx, fy):
+                for a, take, at in shard_parts:
+                    _read_into(fx, self.files[s][0], a, X[at : at + take])
+                    _read_into(fy, self.files[s][1], a, y[at : at + take, 0])
+            for a, take, at in shard_parts:
+                rows = slice(at, at + take)
+                self._check_values(s, X[rows], y[rows], lambda k, a=a: a + k)
         return X, y, rank
 
     def _read_slabs(self, first, length: int, shard, X, y) -> np.ndarray:
@@ -334,40 +353,41 @@ class ShardReader:
             alone[js] = False
         return alone
 
-    @contextlib.contextmanager
-    def _opened(self, shards):
-        """Shards of one read, checked unchanged: resident ones loaded, the others opened.
+    def _ready(self, shards) -> None:
+        """Resident: load ``shards`` not yet in memory; refuse those whose files changed since."""
+        for s in shards:
+            if self._loaded[s] is None:
+                self._load(s)
+            else:
+                for file in self.files[s]:
+                    check_unchanged(file.path, file.ident)
 
-        Gives ``{shard: (X descriptor, y descriptor)}`` (empty when resident)
-        and closes the descriptors when the read is over.
+    @contextlib.contextmanager
+    def _shard_files(self, s: int):
+        """Shard ``s``'s ``X`` and ``y`` files, opened if unchanged and checked again after.
+
+        Gives the two descriptors. After the reads, a file that changed while
+        it was read (rewritten, or cut beyond the rows read) is refused.
         """
-        fds: dict[int, tuple[int, ...]] = {}
-        try:
-            for s in shards:
-                if self.resident and self._loaded[s] is None:
-                    self._load(s)
-                elif self.resident:
-                    for file in self.files[s]:
-                        check_unchanged(file.path, file.ident)
-                else:
-                    fds[s] = (open_unchanged(self.files[s][0]),)
-                    fds[s] += (open_unchanged(self.files[s][1]),)
-            yield fds
-        finally:
-            for fd in itertools.chain.from_iterable(fds.values()):
-                os.close(fd)
+        with contextlib.ExitStack() as stack:
+            fds = []
+            for file in self.files[s]:
+                fd = open_unchanged(file)
+                stack.callback(os.close, fd)
+                fds.append(fd)
+            yield tuple(fds)
+            for fd, file in zip(fds, self.files[s], strict=True):
+                check_open(fd, file)
 
     def _load(self, s: int) -> None:
         """Read shard ``s`` into memory and check its values once."""
-        loaded, dtype = [], self.data.dtype
-        for file in self.files[s]:
-            a = _aligned_empty((file.rows, file.row_bytes // dtype.itemsize), dtype)
-            fd = open_unchanged(file)
-            try:
+        dtype = self.data.dtype
+        loaded = [
+            _aligned_empty((f.rows, f.row_bytes // dtype.itemsize), dtype) for f in self.files[s]
+        ]
+        with self._shard_files(s) as fds:
+            for fd, file, a in zip(fds, self.files[s], loaded, strict=True):
                 _read_into(fd, file, 0, a)
-            finally:
-                os.close(fd)
-            loaded.append(a)
         X, y = loaded[0], loaded[1].reshape(-1)
         self._check_values(s, X, y[:, None], lambda k: k)
         self._loaded[s] = (X, y)
@@ -395,13 +415,23 @@ class ShardReader:
             )
 
     def _run(self, pieces: list, copy: Callable) -> None:
-        """``copy(piece)`` for every piece, on the reader's threads; a piece's error is raised."""
+        """``copy(piece)`` for every piece, on the reader's threads; the first error is raised.
+
+        Every piece is over before this returns or raises, even on an error or
+        Ctrl-C: none may go on writing into the caller's buffers afterwards.
+        """
         if self.threads > 1 and len(pieces) > 1:
             if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="jaxlin-read")
-            list(self._pool.map(copy, pieces))  # list(): re-raises a piece's error here
+            futures = [self._pool.submit(copy, piece) for piece in pieces]
+            try:
+                wait(futures)
+            finally:
+                for f in futures:
+                    f.cancel()
+                wait(futures)
+            for f in futures:
+                f.result()  # the first piece's error, if any
         else:
             for piece in pieces:
                 copy(piece)
@@ -414,12 +444,11 @@ class ShardReader:
         )
 
     def close(self) -> None:
-        """Stop the copying threads and drop the resident shards (reads after this reload)."""
+        """Stop the copying threads (reads after this run on the calling thread)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
         self.threads = 1
-        self._loaded = [None] * len(self.files)
 
 
 def read_rows(data: Dataset, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

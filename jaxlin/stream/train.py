@@ -197,10 +197,10 @@ def fit_stream(
         callback, config: as in ``jaxlin.fit`` (``val`` is an in-memory ``(X, y)``;
         the engine is the compiled one).
       data: a folder (checked with ``open_dataset`` before any training) or a
-        ``Dataset``. Each shard file is checked again before every read, and
-        reads are positional (no memory map): one truncated, replaced or
-        rewritten during the run, even during a read, is a ``ValueError``
-        naming it. Rows are checked as they are read: a NaN or
+        ``Dataset``. Each shard file is checked again before and after the
+        reads of it, and reads are positional (no memory map): one truncated,
+        replaced or rewritten during the run, even during a read, is a
+        ``ValueError`` naming it. Rows are checked as they are read: a NaN or
         Inf (or, with x64 off, a float64 value beyond float32's range) is a
         ``ValueError`` naming the shard file and its row, not a divergence.
       block_batches: minibatches per block read from disk (default: about
