@@ -225,7 +225,8 @@ class ShardReader:
         touched = [s for s in range(len(self.files)) if bounds[s + 1] > bounds[s]]
         X, y = out if out is not None else self.read_buffers(m)
         X, y = X[:m], y[:m]
-        self._ready(touched)
+        if self.resident:
+            self._ready(touched)
 
         def copy(piece):  # rows sidx[lo:hi], all in shard s, into X[lo:hi]
             s, lo, hi = piece
@@ -295,9 +296,9 @@ class ShardReader:
         offsets = self.data.offsets
         shard = np.searchsorted(offsets, first, side="right") - 1
         alone = np.ones(starts.size, bool)  # runs copied one by one
-        ready = set(np.unique(shard).tolist()) if self.resident else set()
-        self._ready(ready)
+        ready = set(np.unique(shard).tolist())
         if self.resident:
+            self._ready(ready)
             alone = self._read_slabs(first, length, shard, X, y)
         parts: dict[int, list[tuple[int, int, int]]] = {}  # shard: (its row, rows, at in X)
         bounds = offsets.tolist()
