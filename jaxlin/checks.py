@@ -210,27 +210,56 @@ def is_traced(value) -> bool:
     return isinstance(value, jax.core.Tracer)
 
 
-# A container's memory limit, cgroup v2 then v1 ("max", or a huge number, when unlimited).
-CGROUP_MEMORY_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+PROC_CGROUP = "/proc/self/cgroup"  # this process's cgroups
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_limit_files() -> list[str]:
+    """Files that may hold this process's memory limit: its cgroup's and every parent's.
+
+    cgroup v2 (``0::/path``): ``memory.max``; v1 (``N:memory:/path``):
+    ``memory/.../memory.limit_in_bytes``. A limit set on a parent holds too.
+    """
+    try:
+        with open(PROC_CGROUP) as f:
+            lines = f.read(1 << 16).splitlines()
+    except OSError:
+        return []
+    files = []
+    for line in lines:
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        if fields[1] == "":
+            base, name = CGROUP_ROOT, "memory.max"
+        elif "memory" in fields[1].split(","):
+            base, name = f"{CGROUP_ROOT}/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in fields[2].split("/") if p and p != ".."]
+        files += ["/".join([base, *parts[:k], name]) for k in range(len(parts), -1, -1)]
+    return files
 
 
 def memory_bytes() -> int:
     """This machine's memory in bytes, or its container's limit where lower.
 
     What a request is checked against: in a container, allocating beyond its
-    cgroup's limit ends the process (the OOM killer), however much the host has.
+    cgroup's limit ends the process (the OOM killer), however much the host
+    has. A limit of "max" (v2), or above the machine's memory (v1's way of
+    saying none), leaves the machine's memory.
     """
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf: do not refuse anything
         have = 1 << 62
-    for path in CGROUP_MEMORY_LIMITS:
+    for path in _cgroup_limit_files():
         try:
             with open(path) as f:
                 text = f.read(64).strip()
         except OSError:
             continue
-        if text.isdigit():
+        if text.isdigit() and int(text) > 0:
             have = min(have, int(text))
     return have
 

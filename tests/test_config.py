@@ -119,17 +119,29 @@ def test_old_import_paths_still_serve_the_moved_names():
 
 
 def test_memory_is_the_containers_limit_where_lower(tmp_path, monkeypatch):
-    """Sizes are checked against a cgroup's memory limit when it is below the machine's."""
+    """Sizes are checked against the process's cgroup limit (its own or a parent's, v2 or
+    v1) when it is below the machine's memory."""
     from jaxlin import checks
 
-    limit = tmp_path / "memory.max"
-    monkeypatch.setattr(checks, "CGROUP_MEMORY_LIMITS", (str(tmp_path / "none"), str(limit)))
-    limit.write_text("max\n")  # no limit: the machine's memory
+    proc = tmp_path / "cgroup"
+    monkeypatch.setattr(checks, "PROC_CGROUP", str(proc))
+    monkeypatch.setattr(checks, "CGROUP_ROOT", str(tmp_path / "sys"))
+    proc.write_text("")  # no cgroup: the machine's memory
     physical = checks.memory_bytes()
     assert physical > 2**30
-    limit.write_text(f"{2**30}\n")
+
+    def limit(path, text):
+        (tmp_path / "sys" / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys" / path).write_text(text)
+
+    proc.write_text("0::/user/job\n")  # v2: the job has no limit, its parent has 1 GiB
+    limit("user/job/memory.max", "max\n")
+    limit("user/memory.max", f"{2**30}\n")
     assert checks.memory_bytes() == 2**30
     with pytest.raises(ValueError, match=r"num_train=1 needs 2 GiB .* has 1 GiB"):
         checks.fits_in_memory("num_train", 1, 2**29)  # float32
-    limit.write_text(f"{physical * 4}\n")  # above the machine's
+    proc.write_text("5:cpu:/x\n4:memory:/x\n")  # v1, unlimited: a huge number
+    limit("memory/x/memory.limit_in_bytes", "9223372036854771712\n")
     assert checks.memory_bytes() == physical
+    limit("memory/x/memory.limit_in_bytes", f"{3 * 2**30}\n")
+    assert checks.memory_bytes() == min(physical, 3 * 2**30)

@@ -437,6 +437,10 @@ def test_reads_outside_the_data_are_refused(shards):
         reader.read(np.array([2**32 + 5]))
     with pytest.raises(ValueError, match="gap_bytes must be"):
         stream.ShardReader(shards, gap_bytes=-1)
+    with pytest.raises(IndexError, match="do not fit"):  # not an overflow past the check
+        reader.read_runs(np.array([2**63 - 1]), 1)
+    with pytest.raises(ValueError, match=r"out: buffers of at least 10 rows"):
+        reader.read_sorted(np.arange(10), reader.read_buffers(5))
 
 
 def test_a_failed_piece_leaves_no_piece_writing_after_the_error(tmp_path, key, monkeypatch):
@@ -472,6 +476,37 @@ def test_a_failed_piece_leaves_no_piece_writing_after_the_error(tmp_path, key, m
     reader.close()
 
 
+def test_a_read_interrupted_while_its_pieces_start_waits_for_them(tmp_path, key, monkeypatch):
+    """Ctrl-C (or no thread to start) while pieces are being submitted: the pieces already
+    running are over when the read raises, and write nothing afterwards."""
+    ds = stream.generate_shards(key, tmp_path / "ds", 4000, d=3, shards=1)
+    real = reader_module._pread
+
+    def slow(fd, size, offset):
+        time.sleep(0.002)
+        return real(fd, size, offset)
+
+    reader = stream.ShardReader(ds, budget_bytes=0, threads=2, piece_rows=50, gap_bytes=0)
+    reader.read(np.arange(0, 400, 2))  # the pool is up
+    submit, calls = reader._pool.submit, []
+
+    def interrupted_submit(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return submit(*args)
+
+    monkeypatch.setattr(reader._pool, "submit", interrupted_submit)
+    monkeypatch.setattr(reader_module, "_pread", slow)
+    out = reader.read_buffers(2000)
+    out[0][:] = -1
+    with pytest.raises(KeyboardInterrupt):
+        reader.read_sorted(np.arange(0, 4000, 2), out)
+    before = out[0].copy()
+    time.sleep(0.5)
+    np.testing.assert_array_equal(out[0], before)
+
+
 def test_files_open_at_once_do_not_grow_with_the_number_of_shards(tmp_path, key):
     """A read from the files opens a shard's two files at a time per thread: 60 shards
     (120 files) are read under a limit of 16 more open files than the process has."""
@@ -505,11 +540,11 @@ def test_a_shard_rewritten_while_it_is_read_is_refused_after_the_read(shards, mo
     """Same size, new contents, during the read: refused once the read is over, not returned."""
     opened = reader_module.open_unchanged
 
-    def open_then_rewrite(file):
+    def open_then_rewrite(file):  # as rsync --inplace -t: same size, inode and mtime
         fd = opened(file)
         if file.path.name == "X-00001.npy":
-            file.path.write_bytes(file.path.read_bytes())  # in place: same size, same inode
-            os.utime(file.path, ns=(file.ident.mtime_ns + 10**9, file.ident.mtime_ns + 10**9))
+            file.path.write_bytes(file.path.read_bytes())
+            os.utime(file.path, ns=(file.ident.mtime_ns, file.ident.mtime_ns))
         return fd
 
     monkeypatch.setattr(reader_module, "open_unchanged", open_then_rewrite)
@@ -517,7 +552,6 @@ def test_a_shard_rewritten_while_it_is_read_is_refused_after_the_read(shards, mo
         reader = stream.ShardReader(shards, budget_bytes=budget, threads=1)
         with pytest.raises(ValueError, match=r"X-00001\.npy: modified while the dataset"):
             reader.read(np.arange(340, 350))
-        os.utime(shards.shards[1].X, ns=(reader.files[1][0].ident.mtime_ns,) * 2)
 
 
 def test_a_shard_that_cannot_be_opened_says_why(shards, monkeypatch):

@@ -77,17 +77,23 @@ class Dataset(NamedTuple):
 
 
 class FileId(NamedTuple):
-    """What identifies a file's version: device, inode, size and modification time."""
+    """What identifies a file's version: device, inode, size, modification and change times.
+
+    The change time (``ctime``) moves with every write and cannot be set back:
+    a file rewritten in place with its size and modification time restored
+    (``rsync --inplace -t``) is still told apart.
+    """
 
     device: int
     inode: int
     size: int
     mtime_ns: int
+    ctime_ns: int
 
     @classmethod
     def of(cls, st: os.stat_result) -> FileId:
         """The identity of a ``stat`` result."""
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 # --------------------------------------------------------------------------- reading files
@@ -215,8 +221,10 @@ def check_unchanged(path: Path, ident: FileId) -> None:
     """
     try:
         now = FileId.of(os.stat(path))
-    except OSError:
+    except FileNotFoundError:
         raise ValueError(f"{path}: removed while the dataset is being read") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be looked at ({err.strerror})") from None
     _same_version(path, now, ident)
 
 
@@ -249,7 +257,11 @@ def check_open(fd: int, file: ShardFile) -> None:
     Called after a read too: a file rewritten or cut while it was being read
     is refused, not trained on.
     """
-    _same_version(file.path, FileId.of(os.fstat(fd)), file.ident)
+    try:
+        now = FileId.of(os.fstat(fd))
+    except OSError as err:
+        raise ValueError(f"{file.path}: cannot be looked at ({err.strerror})") from None
+    _same_version(file.path, now, file.ident)
 
 
 def _read_manifest(mpath: Path) -> dict:

@@ -223,8 +223,7 @@ class ShardReader:
         offsets = self.data.offsets
         bounds = np.searchsorted(sidx, offsets)
         touched = [s for s in range(len(self.files)) if bounds[s + 1] > bounds[s]]
-        X, y = out if out is not None else self.read_buffers(m)
-        X, y = X[:m], y[:m]
+        X, y = self._buffers(out, m)
         if self.resident:
             self._ready(touched)
 
@@ -249,7 +248,7 @@ class ShardReader:
         ``bounds``: where each shard starts in ``sidx``; ``offsets``: the
         dataset's (a property that builds its array on each access). Read from
         the files: at most ``piece_rows`` rows each, within one ``piece_bytes``
-        window of the file (what a piece holds in memory at once). Resident:
+        window of the file (a piece holds its spans, twice while they are joined). Resident:
         one per thread (at least ``piece_rows`` rows): fewer, larger copies.
         """
         lo, hi = int(bounds[s]), int(bounds[s + 1])
@@ -281,7 +280,7 @@ class ShardReader:
         """
         starts = np.asarray(starts, np.int64).reshape(-1)
         length = checks.positive_int("length", length)
-        if starts.size and (starts.min() < 0 or starts.max() + length > self.data.num_examples):
+        if starts.size and (starts.min() < 0 or starts.max() > self.data.num_examples - length):
             raise IndexError(
                 f"starts: runs of {length} rows from {starts.min()} to {starts.max()} "
                 f"do not fit in [0, {self.data.num_examples})"
@@ -291,12 +290,11 @@ class ShardReader:
         rank[order] = np.arange(starts.size)
         first = starts[order]
         m = starts.size * length
-        X, y = out if out is not None else self.read_buffers(m)
-        X, y = X[:m], y[:m]
+        X, y = self._buffers(out, m)
         offsets = self.data.offsets
         shard = np.searchsorted(offsets, first, side="right") - 1
         alone = np.ones(starts.size, bool)  # runs copied one by one
-        ready = set(np.unique(shard).tolist())
+        ready = set(np.unique(shard).tolist()) if self.resident else set()
         if self.resident:
             self._ready(ready)
             alone = self._read_slabs(first, length, shard, X, y)
@@ -338,7 +336,7 @@ class ShardReader:
             js = np.flatnonzero(inside & (shard == s))  # consecutive: sorted by start
             local = first[js] - offsets[s]
             phase = local[0] % length
-            if js[-1] - js[0] + 1 != js.size or np.any(local % length != phase):
+            if np.any(local % length != phase):
                 continue
             slabs = (self.files[s][0].rows - phase) // length
             lo, hi = js[0] * length, (js[-1] + 1) * length
@@ -424,8 +422,10 @@ class ShardReader:
         if self.threads > 1 and len(pieces) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="jaxlin-read")
-            futures = [self._pool.submit(copy, piece) for piece in pieces]
-            try:
+            futures = []
+            try:  # submit can fail part-way (Ctrl-C, no thread): wait for what started
+                for piece in pieces:
+                    futures.append(self._pool.submit(copy, piece))
                 wait(futures)
             finally:
                 for f in futures:
@@ -436,6 +436,19 @@ class ShardReader:
         else:
             for piece in pieces:
                 copy(piece)
+
+    def _buffers(self, out, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``m`` rows of ``out`` (checked), or new buffers of ``m`` rows."""
+        if out is None:
+            return self.read_buffers(m)
+        X, y = out
+        d = self.data.num_features
+        if X.shape[1:] != (d,) or y.shape[1:] != (1,) or min(len(X), len(y)) < m:
+            raise ValueError(
+                f"out: buffers of at least {m} rows, (m, {d}) and (m, 1), from read_buffers; "
+                f"got {X.shape} and {y.shape}"
+            )
+        return X[:m], y[:m]
 
     def read_buffers(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """Empty 64-byte aligned ``X: (rows, d)``, ``y: (rows, 1)`` for ``read_sorted``."""

@@ -12,15 +12,17 @@ result (to float rounding: the block programs are other XLA programs than
 trains on the current one; the training thread dispatches the index blocks
 a few blocks ahead, since the device runs programs in the order they are
 dispatched. Blocks go into a ring of buffers, reused once the steps that
-read them are done. Every example is used exactly once per epoch, and peak
-memory is the ``prefetch + 2`` buffers, not the data.
+read them are done. Every example is used exactly once per epoch. Up to
+1 GiB the data is held in memory once read; above it, peak memory is the
+``prefetch + 2`` buffers, not the data.
 
 ``fit``'s order costs a random read per row. With ``order="runs"`` the
 shuffle is ``jaxlin.shuffle.permute_runs`` instead: shuffled runs of 64
 consecutive examples, read across, so a block of 1,024 runs is 1,024
-stretches of the files, read per shard as one gather of ``(64, d)`` slabs,
-and a minibatch draws from distinct runs (but in the epoch's last block): a
-coarser shuffle than ``fit``'s, read faster (``benchmarks/bench_stream.py``).
+stretches of the files, each read at once (held in memory: one gather of
+``(64, d)`` slabs per shard), and a minibatch draws from distinct runs (but
+in the epoch's last block): a coarser shuffle than ``fit``'s, read faster
+(``benchmarks/bench_stream.py``).
 """
 
 from __future__ import annotations
