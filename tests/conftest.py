@@ -8,6 +8,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import contextlib
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import jax
@@ -23,6 +26,15 @@ COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 def key(request):
     """A key derived from the test's name: fresh per test, the same on every run."""
     return jax.random.key(zlib.crc32(request.node.name.encode()) % (2**31))  # not hash(): salted
+
+
+def run_python(code: str) -> list[str]:
+    """Run ``code`` (dedented) in a child Python; its lines of output. A signal there
+    (SIGBUS, SIGSEGV) fails the calling test instead of ending the test run."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
+    return out.stdout.splitlines()
 
 
 @contextlib.contextmanager

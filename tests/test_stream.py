@@ -3,15 +3,13 @@
 import errno
 import json
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import jax
 import numpy as np
 import pytest
+from conftest import run_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -443,6 +441,12 @@ def test_reads_outside_the_data_are_refused(shards):
         reader.read_sorted(np.arange(10), reader.read_buffers(5))
 
 
+def _slow_pread(fd, size, offset, pread=reader_module._pread):
+    """``pread`` 2 ms late: pieces of a read still running when another fails."""
+    time.sleep(0.002)
+    return pread(fd, size, offset)
+
+
 def test_a_failed_piece_leaves_no_piece_writing_after_the_error(tmp_path, key, monkeypatch):
     """Read from the files by 2 threads, the first piece fails (a NaN row) while the others
     are slow: when read_sorted raises, every piece is over and the buffers stay as they are."""
@@ -451,13 +455,7 @@ def test_a_failed_piece_leaves_no_piece_writing_after_the_error(tmp_path, key, m
     X[0, 0] = np.nan
     np.save(ds.shards[0].X, X)
     ds = stream.open_dataset(ds.root)
-    real = reader_module._pread
-
-    def slow(fd, size, offset):
-        time.sleep(0.002)
-        return real(fd, size, offset)
-
-    monkeypatch.setattr(reader_module, "_pread", slow)
+    monkeypatch.setattr(reader_module, "_pread", _slow_pread)
     reader = stream.ShardReader(ds, budget_bytes=0, threads=2, piece_rows=50, gap_bytes=0)
     out = reader.read_buffers(4000)
     idx = np.arange(0, 4000, 2)  # no two rows adjacent: one read per row
@@ -480,12 +478,6 @@ def test_a_read_interrupted_while_its_pieces_start_waits_for_them(tmp_path, key,
     """Ctrl-C (or no thread to start) while pieces are being submitted: the pieces already
     running are over when the read raises, and write nothing afterwards."""
     ds = stream.generate_shards(key, tmp_path / "ds", 4000, d=3, shards=1)
-    real = reader_module._pread
-
-    def slow(fd, size, offset):
-        time.sleep(0.002)
-        return real(fd, size, offset)
-
     reader = stream.ShardReader(ds, budget_bytes=0, threads=2, piece_rows=50, gap_bytes=0)
     reader.read(np.arange(0, 400, 2))  # the pool is up
     submit, calls = reader._pool.submit, []
@@ -497,7 +489,7 @@ def test_a_read_interrupted_while_its_pieces_start_waits_for_them(tmp_path, key,
         return submit(*args)
 
     monkeypatch.setattr(reader._pool, "submit", interrupted_submit)
-    monkeypatch.setattr(reader_module, "_pread", slow)
+    monkeypatch.setattr(reader_module, "_pread", _slow_pread)
     out = reader.read_buffers(2000)
     out[0][:] = -1
     with pytest.raises(KeyboardInterrupt):
@@ -511,7 +503,7 @@ def test_files_open_at_once_do_not_grow_with_the_number_of_shards(tmp_path, key)
     """A read from the files opens a shard's two files at a time per thread: 60 shards
     (120 files) are read under a limit of 16 more open files than the process has."""
     ds = stream.generate_shards(key, tmp_path / "many", 600, d=2, shards=60)
-    lines = _child(f"""
+    lines = run_python(f"""
         import os, resource
         import numpy as np
         from jaxlin import stream
@@ -526,14 +518,6 @@ def test_files_open_at_once_do_not_grow_with_the_number_of_shards(tmp_path, key)
         print("read", X.shape[0])
     """)
     assert lines == ["read 560"]
-
-
-def _child(code: str) -> list[str]:
-    """Run ``code`` in a child Python; its lines of output."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
-    return out.stdout.splitlines()
 
 
 def test_a_shard_rewritten_while_it_is_read_is_refused_after_the_read(shards, monkeypatch):

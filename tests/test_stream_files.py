@@ -3,13 +3,11 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
+from conftest import run_python
 
 import jaxlin
 from jaxlin import stream
@@ -407,17 +405,9 @@ def test_shard_truncated_or_replaced_while_training_is_named(ds, key):
             )  # fmt: skip
 
 
-def _child(code: str) -> list[str]:
-    """Run ``code`` in a child Python: a signal there fails the test instead of ending the run."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, (out.returncode, out.stderr[-2000:])
-    return out.stdout.splitlines()
-
-
 def test_a_shard_truncated_under_an_open_reader_is_named(ds):
     """Truncated to nothing between two reads: the check before the next read names it."""
-    lines = _child(f"""
+    lines = run_python(f"""
         import os, numpy as np
         from jaxlin import stream
         for budget in (1 << 30, 0):  # resident, and read from the files
@@ -439,7 +429,7 @@ def test_a_shard_truncated_under_an_open_reader_is_named(ds):
 def test_a_shard_truncated_during_a_read_is_named(ds):
     """Cut short after the check before a read and before its rows are copied: the window a
     memory map would answer with SIGBUS. Every kind of read ends in a ValueError naming it."""
-    lines = _child(f"""
+    lines = run_python(f"""
         import os, numpy as np
         from jaxlin import stream
         from jaxlin.stream import reader as reader_module
@@ -476,7 +466,7 @@ def test_a_shard_truncated_during_a_read_is_named(ds):
 def test_truncating_shards_at_random_moments_never_ends_the_reader(tmp_path, budget):
     """Another thread truncates a shard file at a random moment while blocks are read,
     30 times: each time a ValueError naming the file, never a signal."""
-    lines = _child(f"""
+    lines = run_python(f"""
         import os, random, shutil, threading, time
         import jax, numpy as np
         from jaxlin import stream
