@@ -3,8 +3,8 @@
 The seed's problem (1000 train / 1000 val examples, d = 2, batch 32, 3 epochs;
 plus 1000 test examples for the sweep). One configuration trained with the
 compiled engine is timed two ways: ``fit`` (public: input checks, host copy of
-the history, divergence check) and ``jaxlin.engines.compiled.jit_run_epochs`` (the jitted
-``run_epochs`` alone). Sweeps are timed through the public ``jaxlin.sweep``
+the history, divergence check) and ``jaxlin.engines.compiled.epochs_program``
+(the jitted ``run_epochs`` alone). Sweeps are timed through the public ``jaxlin.sweep``
 (checks, init, training, val and test losses, host copies), on a grid of
 ``C / 8`` learning rates x 8 seeds, and, to show the cost of the per-seed
 shuffle, on ``C`` distinct seeds x 1 learning rate.
@@ -29,7 +29,7 @@ import numpy as np
 from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import jaxlin
-from jaxlin.engines.compiled import jit_run_epochs as _scan_epochs
+from jaxlin.engines.compiled import epochs_program
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (1, 16, 256, 1024, 4096, 16384)
@@ -56,9 +56,10 @@ def main() -> None:
     X, y = data.train
     lr, clip = 0.03, None  # as fit passes them: no clipping code in the program
 
+    program = epochs_program(32, True, 3)
+
     def one_scan():
-        return _scan_epochs(params, X, y, data.val, shuffle_key, 0, lr, clip,
-                            batch_size=32, shuffle=True, num_epochs=3)  # fmt: skip
+        return program(params, X, y, data.val, shuffle_key, 0, lr, clip)
 
     def one_fit():
         return jaxlin.fit(params, data.train, data.val, lr=0.03, key=shuffle_key)
@@ -99,7 +100,7 @@ def main() -> None:
     record = {
         "problem": "seed: 1000 train / 1000 val (+1000 test), d=2, batch 32, 3 epochs",
         "baseline_fit": "jaxlin.fit, one config (checks + compiled scan + host history)",
-        "baseline_scan": "jit_run_epochs, one config (jitted run_epochs alone)",
+        "baseline_scan": "epochs_program, one config (jitted run_epochs alone)",
         "sweep": "jaxlin.sweep (public: checks, one jit of the lane-layout grid, host copies)",
         "repeats": args.repeats,
         "compile_s_one_config": compile_s,

@@ -12,13 +12,7 @@ def _started_as_command() -> bool:
     return script in ("jaxlin", "jaxlin.exe") or by_module
 
 
-try:
-    from jaxlin.checkpoint import (
-        Checkpoint,
-        fit_with_checkpoints,
-        load_checkpoint,
-        save_checkpoint,
-    )
+try:  # the lecture's path: what a first fit uses
     from jaxlin.config import ENGINES, TrainConfig
     from jaxlin.data import (
         SEED_B,
@@ -32,19 +26,9 @@ try:
         synthetic_splits,
     )
     from jaxlin.engines import make_train, run_epochs
-    from jaxlin.engines.trajectory import trajectory
     from jaxlin.model import estimation_error, init_params, linreg, loss_fn, squared_loss
     from jaxlin.optim import clip_by_global_norm, global_norm, sgd
-    from jaxlin.plot import (
-        plot_history,
-        plot_sweep,
-        plot_trajectory,
-        save_history_plot,
-        save_sweep_plot,
-        save_trajectory_plot,
-    )
     from jaxlin.shuffle import epoch_key, permutation, permute_indices
-    from jaxlin.sweep import Selection, Summary, SweepResult, config_keys, select, summarize, sweep
     from jaxlin.train import train_epoch, train_step
     from jaxlin.trainer import EpochEnd, History, TrainingDiverged, fit
 except KeyboardInterrupt:  # Ctrl-C while the command starts (JAX loading): one line, no trace
@@ -55,10 +39,23 @@ except KeyboardInterrupt:  # Ctrl-C while the command starts (JAX loading): one 
 
 __version__ = "0.1.0"
 
+# The rest of the API, imported on first use: a first fit needs none of it, and
+# plotting, checkpoints and sweeps add to every start-up that imports jaxlin.
+_LAZY = {
+    "jaxlin.checkpoint": ("Checkpoint", "fit_with_checkpoints", "load_checkpoint",
+                          "save_checkpoint"),
+    "jaxlin.engines.trajectory": ("trajectory",),
+    "jaxlin.plot": ("plot_history", "plot_sweep", "plot_trajectory", "save_history_plot",
+                    "save_sweep_plot", "save_trajectory_plot"),
+    "jaxlin.sweep": ("Selection", "Summary", "SweepResult", "config_keys", "select",
+                     "summarize", "sweep"),
+}  # fmt: skip
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
 
 def __getattr__(name: str):
-    """``jaxlin.SGDLinearRegression``, imported on first use: scikit-learn is optional."""
-    if name == "SGDLinearRegression":
+    """The names of ``_LAZY`` and ``SGDLinearRegression``, imported on first use."""
+    if name == "SGDLinearRegression":  # scikit-learn is optional
         try:
             from jaxlin.sklearn import SGDLinearRegression
         except ModuleNotFoundError as err:
@@ -68,10 +65,21 @@ def __getattr__(name: str):
                 'jaxlin.SGDLinearRegression needs scikit-learn: pip install "jaxlin[sklearn]"'
             ) from err
         return SGDLinearRegression
+    if name in _HOME:
+        import importlib
+
+        value = getattr(importlib.import_module(_HOME[name]), name)
+        globals()[name] = value  # found here from now on, without this function
+        return value
     raise AttributeError(f"module 'jaxlin' has no attribute {name!r}")
 
 
-__all__ = [  # noqa: RUF022 (SGDLinearRegression is lazy: scikit-learn is optional)
+def __dir__() -> list[str]:
+    """Every public name, the lazy ones included (as ``__all__``)."""
+    return sorted({*globals(), *__all__})
+
+
+__all__ = [  # noqa: RUF022 (grouped: SGDLinearRegression, then the rest)
     "SGDLinearRegression",
     "Checkpoint",
     "fit_with_checkpoints",

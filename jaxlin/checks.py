@@ -7,6 +7,7 @@ XLA or a silent NaN.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -79,12 +80,15 @@ def key(name: str, value) -> jax.Array:
     raise TypeError(f"{name} must be a jax.random.key(seed), got {type(value).__name__}")
 
 
-def float_array(name: str, value, *, ndim: tuple[int, ...], finite: bool = True) -> jax.Array:
+def float_array(
+    name: str, value, *, ndim: tuple[int, ...], finite: bool = True, device: bool = True
+) -> jax.Array:
     """``value`` as a float32/float64 jax array of one of the ranks ``ndim``.
 
     Integer, boolean, float16 and complex inputs are refused rather than cast:
     a silent cast hides a data bug. With ``finite``, NaN or Inf is an error
-    that names the first bad row.
+    that names the first bad row. ``device=False`` returns a host array as it
+    is (checked, not copied to the device).
     """
     if isinstance(value, (list, tuple)):
         value = np.asarray(value)
@@ -99,7 +103,7 @@ def float_array(name: str, value, *, ndim: tuple[int, ...], finite: bool = True)
         raise ValueError(f"{name} must not be empty, got shape {tuple(value.shape)}")
     if isinstance(value, jax.ShapeDtypeStruct):  # data not in memory (on disk): shape only
         return value
-    array = value if isinstance(value, jax.Array) else jnp.asarray(value)
+    array = value if isinstance(value, jax.Array) or not device else jnp.asarray(value)
     if finite:
         _check_finite_rows(name, value, array)
     return array
@@ -177,17 +181,21 @@ def params(value) -> int:
     return int(w.shape[0])
 
 
-def true_params(w, b) -> tuple[jax.Array, jax.Array]:
-    """The true ``w`` (1-D, ``d >= 1``) and scalar ``b`` of a synthetic problem, as arrays."""
-    try:  # JAX's default float: float32, or float64 when the user enabled x64 mode.
+def true_params(w, b) -> tuple[np.ndarray, np.ndarray]:
+    """The true ``w`` (1-D, ``d >= 1``) and scalar ``b`` of a synthetic problem, checked.
+
+    Host arrays of JAX's default float (float32, or float64 when the user
+    enabled x64 mode): the draw that uses them takes them as arguments.
+    """
+    try:
         w_host = np.asarray(w, dtype=jnp.result_type(float))
     except (TypeError, ValueError):
         raise TypeError(f"w must be a 1-D sequence of numbers, got {w!r:.60}") from None
-    w = float_array("w", w_host, ndim=(1,))
+    w = float_array("w", w_host, ndim=(1,), device=False)
     if np.ndim(b) != 0:
         raise ValueError(f"b must be a scalar, got shape {np.shape(b)}")
     b = finite_float("b", b.item() if hasattr(b, "item") else b)
-    return w, jnp.asarray(b, w.dtype)
+    return w, np.asarray(b, w.dtype)
 
 
 def loader_data(X, y) -> tuple[jax.Array, jax.Array]:
@@ -241,13 +249,16 @@ def _cgroup_limit_files() -> list[str]:
     return files
 
 
+@functools.cache
 def memory_bytes() -> int:
     """This machine's memory in bytes, or its container's limit where lower.
 
     What a request is checked against: in a container, allocating beyond its
     cgroup's limit ends the process (the OOM killer), however much the host
     has. A limit of "max" (v2), or above the machine's memory (v1's way of
-    saying none), leaves the machine's memory.
+    saying none), leaves the machine's memory. Read once per process (a
+    handful of files under ``/proc`` and ``/sys``), not once per check;
+    ``memory_bytes.cache_clear()`` reads them again.
     """
     try:
         have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -10,6 +10,8 @@ part of a compiled run (``jaxlin.engines.make_train``).
 from __future__ import annotations
 
 import dataclasses
+import functools
+import weakref
 
 import jax
 
@@ -82,18 +84,39 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+DEFAULT = TrainConfig()  # the lecture's settings
 
 
 def make_config(config: TrainConfig | None = None, **overrides) -> TrainConfig:
     """``config`` with ``overrides`` replaced (each checked), or a new one from them.
 
-    Keyword arguments given as ``None`` are left at the config's value.
+    Keyword arguments given as ``None`` are left at the config's value. A
+    setting seen before is not checked again: the checked config is kept by
+    its values and their types (``shuffle=1`` is not ``shuffle=True``).
     """
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if config is None and not overrides:
+        return DEFAULT
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a jaxlin.TrainConfig, got {type(config).__name__}")
+    typed = tuple((k, type(v), v) for k, v in overrides.items())
+    try:
+        hash(typed)
+    except TypeError:  # e.g. a JAX scalar lr: checked each time
+        return _new_config(config, overrides)
+    return _checked_config(config, typed)
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_config(config: TrainConfig | None, typed: tuple) -> TrainConfig:
+    """``_new_config``, kept for the settings seen before (``typed``: name, type, value)."""
+    return _new_config(config, {k: v for k, _, v in typed})
+
+
+def _new_config(config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """A new ``TrainConfig``: ``config`` with ``overrides``, every field checked."""
     if config is None:
         return TrainConfig(**overrides)
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a jaxlin.TrainConfig, got {type(config).__name__}")
     return dataclasses.replace(config, **overrides)
 
 
@@ -104,6 +127,12 @@ def shuffle_key(config: TrainConfig, key) -> jax.Array | None:
     if key is None:
         raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
     return checks.key("key", key)
+
+
+@functools.cache
+def placeholder_key() -> jax.Array:
+    """The key a compiled run takes when it does not shuffle (made once; never read)."""
+    return jax.random.key(0)
 
 
 def check_batch_size(config: TrainConfig, num_examples: int) -> None:
@@ -140,3 +169,75 @@ def training_data(params, train, val, config: TrainConfig, test=None) -> tuple:
     )
     check_batch_size(config, X.shape[0])
     return d, (X, y), val, test
+
+
+def refuse_traced(driver: str, *values) -> None:
+    """A one-line error when a host driver is called inside ``jax.jit``, ``vmap`` or ``grad``."""
+    if any(checks.is_traced(leaf) for leaf in jax.tree.leaves(values)):
+        raise TypeError(
+            f"{driver} is a checked host driver and cannot run inside jax.jit, jax.vmap or "
+            "jax.grad; use jaxlin.make_train(config), a pure training function that composes "
+            "with them"
+        )
+
+
+def checked_run(driver: str, params, train, val, config: TrainConfig, key) -> tuple:
+    """A driver's arguments checked: ``((X, y), val, key)`` as ``training_data`` and
+    ``shuffle_key`` give them, after ``refuse_traced``.
+
+    JAX arrays cannot change, so for the same arrays (the same objects) and the
+    same config the answer is the same: it is remembered while they live, and a
+    driver called again on them (a benchmark, a sweep of learning rates) pays
+    a lookup, not the checks. Other arguments are checked every time.
+    """
+    objects = _arrays(params, train, val, key, config)
+    if objects is not None and tuple(map(id, objects)) in _CHECKED:
+        return train, val, key
+    refuse_traced(driver, params, train, val, key)
+    _, data, val_checked, _ = training_data(params, train, val, config)
+    key_checked = shuffle_key(config, key)
+    if objects is not None and _same(data, train) and _same(val_checked, val):
+        if key_checked is key or key_checked is None:
+            _remember(objects)
+    return data, val_checked, key_checked
+
+
+def _arrays(params, train, val, key, config) -> tuple | None:
+    """The objects ``checked_run`` reads, or ``None`` unless each is a JAX array in the
+    usual containers (a tracer is never remembered: it is refused before anything is)."""
+    if type(params) is not dict or len(params) != 2 or type(train) is not tuple:
+        return None
+    if val is None:
+        objects = (params.get("w"), params.get("b"), *train, key, config)
+    elif type(val) is tuple:
+        objects = (params.get("w"), params.get("b"), *train, *val, key, config)
+    else:
+        return None
+    arrays = objects[:-2] if key is None else objects[:-1]
+    if not all(isinstance(o, jax.Array) for o in arrays):  # numpy arrays can change
+        return None
+    return objects
+
+
+def _same(checked, given) -> bool:
+    """Whether the checks returned the arrays they were given (no reshape, no copy)."""
+    if checked is None or given is None:
+        return checked is given
+    return all(a is b for a, b in zip(checked, given, strict=True))
+
+
+_CHECKED: dict[tuple, tuple] = {}  # checked_run's memo: identities -> weak references
+
+
+def _remember(objects: tuple) -> None:
+    """Keep ``objects``' identities as checked, until one of them is freed.
+
+    The entry goes when any of them dies (a weak reference's callback), before
+    its id can be given to another object.
+    """
+    memo_key = tuple(map(id, objects))
+
+    def forget(_, memo_key=memo_key):
+        _CHECKED.pop(memo_key, None)
+
+    _CHECKED[memo_key] = tuple(weakref.ref(o, forget) for o in objects if o is not None)

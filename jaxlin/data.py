@@ -13,6 +13,7 @@ from functools import partial
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
@@ -49,10 +50,10 @@ def synthetic_data(
     num_examples = checks.positive_int("num_examples", num_examples)
     noise = checks.finite_float("noise", noise, nonnegative=True)
     check_draw_memory({"num_examples": num_examples}, w)
-    return _draw(key, w, b, noise, (num_examples,))[0]
+    return draw(key, w, b, noise, (num_examples,))[0][0]
 
 
-def check_draw_memory(sizes: dict[str, int], w: jax.Array) -> None:
+def check_draw_memory(sizes: dict[str, int], w: ArrayLike) -> None:
     """Refuse a draw whose rows cannot fit in memory, before anything is allocated.
 
     A draw of ``n`` rows holds ``X`` and ``y`` (``n * (d + 1)`` floats) and
@@ -64,14 +65,39 @@ def check_draw_memory(sizes: dict[str, int], w: jax.Array) -> None:
 
 
 @partial(jax.jit, static_argnames=("sizes",))
-def _draw(key, w, b, noise, sizes: tuple[int, ...]):
-    """One draw of ``sum(sizes)`` rows, cut in order into ``len(sizes)`` ``(X, y)`` pairs."""
+def draw(key: jax.Array, w: ArrayLike, b: ArrayLike, noise: ArrayLike, sizes: tuple[int, ...]):
+    """One draw of ``sum(sizes)`` rows, cut in order into ``len(sizes)`` ``(X, y)`` pairs.
+
+    The unchecked, traceable core of ``synthetic_data`` and ``synthetic_splits``
+    (``w: (d,)``, ``b`` and ``noise`` scalars, ``sizes`` static). Returns
+    ``(pairs, w, b)``, the truth as arrays beside the data.
+    """
+    w, b = jnp.asarray(w), jnp.asarray(b, w.dtype)
     key_X, key_noise = jax.random.split(key)
     n, d = sum(sizes), w.shape[0]
     X = jax.random.normal(key_X, (n, d), w.dtype)
     y = X @ w.reshape(d, 1) + b + noise * jax.random.normal(key_noise, (n, 1), w.dtype)
     starts = np.cumsum((0, *sizes))
-    return tuple((X[a:z], y[a:z]) for a, z in itertools.pairwise(starts))
+    return tuple((X[a:z], y[a:z]) for a, z in itertools.pairwise(starts)), w, b
+
+
+def splits_args(
+    w: ArrayLike, b: float, *, num_train: int, num_val: int, num_test: int = 0, noise: float
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], float]:
+    """``synthetic_splits``' arguments checked: ``(w, b, sizes, noise)`` for ``draw``.
+
+    ``w`` and ``b`` come back as host arrays of JAX's default float, ``sizes``
+    as the splits' row counts (``num_test`` only when > 0). Every bad value is
+    refused here, before anything is compiled.
+    """
+    num_train = checks.positive_int("num_train", num_train)
+    num_val = checks.positive_int("num_val", num_val)
+    num_test = checks.nonnegative_int("num_test", num_test)
+    w, b = checks.true_params(w, b)
+    noise = checks.finite_float("noise", noise, nonnegative=True)
+    check_draw_memory({"num_train": num_train, "num_val": num_val, "num_test": num_test}, w)
+    sizes = (num_train, num_val, num_test) if num_test else (num_train, num_val)
+    return w, b, sizes, noise
 
 
 def synthetic_splits(
@@ -90,16 +116,11 @@ def synthetic_splits(
     ``num_test > 0`` adds the third split the lecture recommends for the final
     evaluation, kept apart from the validation set used to pick hyperparameters.
     """
-    num_train = checks.positive_int("num_train", num_train)
-    num_val = checks.positive_int("num_val", num_val)
-    num_test = checks.nonnegative_int("num_test", num_test)
-    key = checks.key("key", key)
-    w_true, b_true = checks.true_params(w, b)
-    noise = checks.finite_float("noise", noise, nonnegative=True)
-    check_draw_memory({"num_train": num_train, "num_val": num_val, "num_test": num_test}, w_true)
-    sizes = (num_train, num_val, num_test) if num_test else (num_train, num_val)
-    train, val, *test = _draw(key, w_true, b_true, noise, sizes)
-    return Splits(train, val, test[0] if test else None, w_true, b_true)
+    w, b, sizes, noise = splits_args(
+        w, b, num_train=num_train, num_val=num_val, num_test=num_test, noise=noise
+    )
+    (train, val, *test), w, b = draw(checks.key("key", key), w, b, noise, sizes)
+    return Splits(train, val, test[0] if test else None, w, b)
 
 
 def split_batches(rows: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:

@@ -7,6 +7,8 @@ that functions take and return.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -28,6 +30,12 @@ def init_params(key: jax.Array, num_inputs: int, sigma: float = 0.01) -> Params:
     num_inputs = checks.positive_int("num_inputs", num_inputs)
     sigma = checks.finite_float("sigma", sigma, nonnegative=True)
     checks.fits_in_memory("num_inputs", num_inputs, num_inputs + 1, jnp.result_type(float))
+    return draw_params(key, sigma, num_inputs)
+
+
+@partial(jax.jit, static_argnames="num_inputs")
+def draw_params(key: jax.Array, sigma: ArrayLike, num_inputs: int) -> Params:
+    """The unchecked, traceable core of ``init_params``: one compiled program."""
     w = sigma * jax.random.normal(key, (num_inputs, 1))
     return {"w": w, "b": jnp.zeros((1,), w.dtype)}
 

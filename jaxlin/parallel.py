@@ -37,9 +37,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jaxlin import checks
 from jaxlin import config as configs
 from jaxlin.config import TrainConfig
-from jaxlin.engines.compiled import jit_run_epochs
+from jaxlin.engines.compiled import epochs_program
 from jaxlin.model import Params
-from jaxlin.trainer import EpochEnd, History, refuse_traced, run_loop
+from jaxlin.trainer import EpochEnd, History, run_loop
 
 DATA = "data"  # the mesh axis minibatches are split over
 
@@ -162,7 +162,7 @@ def fit_data_parallel(
       >>> params, hist = fit_data_parallel(params, data.train, mesh=mesh, batch_size=32,
       ...                                  key=jax.random.key(0))
     """
-    refuse_traced("jaxlin.fit_data_parallel", params, train, val, lr, key)
+    configs.refuse_traced("jaxlin.fit_data_parallel", params, train, val, lr, key)
     config = configs.make_config(
         config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val,
@@ -180,7 +180,7 @@ def fit_data_parallel(
             f"multiple of {num_devices}, e.g. {valid_batch_sizes(num_devices, config.batch_size)}"
         )
     key = configs.shuffle_key(config, key)
-    key = jax.random.key(0) if key is None else key  # unused without shuffling
+    key = configs.placeholder_key() if key is None else key  # unused without shuffling
 
     params, X, y, val = replicate(mesh, (params, X, y, val))
     key = jax.random.wrap_key_data(replicate(mesh, jax.random.key_data(key)))
@@ -189,10 +189,8 @@ def fit_data_parallel(
     constrain = ShardBatch(NamedSharding(mesh, jax.P(DATA)))
 
     def run(params, epoch, count):
-        return jit_run_epochs(
-            params, X, y, val, key, epoch, lr_a, clip_a, batch_size=config.batch_size,
-            shuffle=config.shuffle, num_epochs=count, constrain=constrain,
-        )  # fmt: skip
+        program = epochs_program(config.batch_size, config.shuffle, count, constrain=constrain)
+        return program(params, X, y, val, key, epoch, lr_a, clip_a)
 
     return run_loop(
         run, params, first=0, stop=config.max_epochs, per_epoch=callback is not None,

@@ -21,7 +21,7 @@ from jax.typing import ArrayLike
 from jaxlin import checks
 from jaxlin import config as configs
 from jaxlin.config import TrainConfig
-from jaxlin.engines.compiled import jit_run_epochs
+from jaxlin.engines.compiled import device_scalar, epochs_program
 from jaxlin.model import Params, loss_fn
 from jaxlin.shuffle import epoch_key
 from jaxlin.train import train_epoch
@@ -85,39 +85,33 @@ def run_loop(
     """Epochs ``first .. stop - 1`` on the host: the loop every ``fit`` runs.
 
     ``run(params, epoch, count)`` trains ``count`` epochs from ``epoch`` and
-    returns ``(params, (losses (count, steps), val_losses (count,)))``. With
-    ``per_epoch`` it is called once per epoch, and each epoch's losses are read,
-    checked and handed to ``callback``; otherwise once for the whole run, read
-    once at the end.
+    returns ``(params, (losses (count, steps), val_losses (count,)), finite)``:
+    ``finite`` is a bool (on the device or the host) that says whether every
+    loss and parameter is finite, or ``None`` to check them here. With
+    ``per_epoch`` it is called once per epoch, and each epoch's losses are
+    read, checked and handed to ``callback``; otherwise once for the whole run,
+    read once at the end.
     """
     if per_epoch:
         losses, val_losses = [], []
         for epoch in range(first, stop):
-            params, (loss, val_loss) = run(params, epoch, 1)
+            params, (loss, val_loss), finite = run(params, epoch, 1)
             loss, val_loss = np.asarray(loss), np.asarray(val_loss)
             losses.append(loss)
             val_losses.append(val_loss)
-            check_finite(params, loss, epoch, lr)
+            if finite is None or not np.asarray(finite):
+                check_finite(params, loss, epoch, lr)
             if callback is not None:
                 val_now = float(val_loss[0]) if has_val else None
                 callback(EpochEnd(epoch, params, loss[0], val_now))
-    else:
-        params, (loss, val_loss) = run(params, first, stop - first)
-        losses, val_losses = [loss], [val_loss]
-    train_loss = np.concatenate([np.asarray(a) for a in losses])
-    check_finite(params, train_loss, first, lr)
-    val_loss = np.concatenate([np.asarray(a) for a in val_losses]) if has_val else None
-    return params, History(train_loss, val_loss)
-
-
-def refuse_traced(function: str, *values) -> None:
-    """A one-line error when a host driver is called inside ``jax.jit``, ``vmap`` or ``grad``."""
-    if any(checks.is_traced(leaf) for leaf in jax.tree.leaves(values)):
-        raise TypeError(
-            f"{function} is a checked host driver and cannot run inside jax.jit, jax.vmap or "
-            "jax.grad; use jaxlin.make_train(config), a pure training function that composes "
-            "with them"
-        )
+        train_loss = np.concatenate(losses)
+        val_loss = np.concatenate(val_losses) if has_val else None
+        return params, History(train_loss, val_loss)
+    params, (train_loss, val_loss), finite = run(params, first, stop - first)
+    train_loss = np.asarray(train_loss)  # the run's losses, read once
+    if finite is None or not np.asarray(finite):
+        check_finite(params, train_loss, first, lr)
+    return params, History(train_loss, np.asarray(val_loss) if has_val else None)
 
 
 def fit(
@@ -162,28 +156,30 @@ def fit(
       TrainingDiverged: the loss or the parameters became non-finite; the
         message names the epoch and step.
     """
-    refuse_traced("jaxlin.fit", params, train, val, lr, key)
+    if checks.is_traced(lr):  # the arrays are checked with the data, below
+        configs.refuse_traced("jaxlin.fit", lr)
     config = configs.make_config(
         config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val, engine=engine,
     )  # fmt: skip
-    _, (X, y), val, _ = configs.training_data(params, train, val, config)
-    start_epoch = checks.nonnegative_int("start_epoch", start_epoch)
-    if start_epoch >= config.max_epochs:
-        raise ValueError(
-            f"start_epoch must be in [0, max_epochs={config.max_epochs}), got {start_epoch}"
-        )
-    key = configs.shuffle_key(config, key)
+    (X, y), val, key = configs.checked_run("jaxlin.fit", params, train, val, config, key)
+    if type(start_epoch) is not int or start_epoch:  # 0 needs no check
+        start_epoch = checks.nonnegative_int("start_epoch", start_epoch)
+        if start_epoch >= config.max_epochs:
+            raise ValueError(
+                f"start_epoch must be in [0, max_epochs={config.max_epochs}), got {start_epoch}"
+            )
 
     if config.engine in ("scan", "affine"):
-        run_key = jax.random.key(0) if key is None else key  # unused without shuffling
+        run_key = configs.placeholder_key() if key is None else key  # unused without shuffling
+        affine = config.engine == "affine"
+        lr_, clip = device_scalar(config.lr, X.dtype), config.clip
+        clip = None if clip is None else device_scalar(clip, X.dtype)
 
         def run(params, epoch, count):
-            return jit_run_epochs(
-                params, X, y, val, run_key, epoch, config.lr, config.clip,
-                batch_size=config.batch_size, shuffle=config.shuffle, num_epochs=count,
-                affine=config.engine == "affine",
-            )  # fmt: skip
+            program = epochs_program(config.batch_size, config.shuffle, count, affine)
+            epoch = device_scalar(epoch, np.int32)
+            return program(params, X, y, val, run_key, epoch, lr_, clip)
 
     else:
 
@@ -195,7 +191,7 @@ def fit(
                 gradient_clip_val=config.clip, jit=config.engine == "step",
             )  # fmt: skip
             val_loss = loss_fn(params, *val) if val is not None else jnp.nan
-            return params, (losses[None], np.asarray([val_loss], losses.dtype))
+            return params, (losses[None], np.asarray([val_loss], losses.dtype)), None
 
     per_epoch = callback is not None or config.engine in ("step", "eager")
     return run_loop(

@@ -118,16 +118,22 @@ def test_old_import_paths_still_serve_the_moved_names():
     assert jaxlin.SEED_W == jaxlin.TRUE_W and jaxlin.SEED_B == jaxlin.TRUE_B
 
 
-def test_memory_is_the_containers_limit_where_lower(tmp_path, monkeypatch):
+def test_memory_is_the_containers_limit_where_lower(tmp_path, monkeypatch, request):
     """Sizes are checked against the process's cgroup limit (its own or a parent's, v2 or
-    v1) when it is below the machine's memory."""
+    v1) when it is below the machine's memory; the files are read once, not per check."""
     from jaxlin import checks
 
     proc = tmp_path / "cgroup"
     monkeypatch.setattr(checks, "PROC_CGROUP", str(proc))
     monkeypatch.setattr(checks, "CGROUP_ROOT", str(tmp_path / "sys"))
+    request.addfinalizer(checks.memory_bytes.cache_clear)  # later tests read the real files
+
+    def memory_bytes():  # the (patched) files read again
+        checks.memory_bytes.cache_clear()
+        return checks.memory_bytes()
+
     proc.write_text("")  # no cgroup: the machine's memory
-    physical = checks.memory_bytes()
+    physical = memory_bytes()
     assert physical > 2**30
 
     def limit(path, text):
@@ -137,11 +143,12 @@ def test_memory_is_the_containers_limit_where_lower(tmp_path, monkeypatch):
     proc.write_text("0::/user/job\n")  # v2: the job has no limit, its parent has 1 GiB
     limit("user/job/memory.max", "max\n")
     limit("user/memory.max", f"{2**30}\n")
-    assert checks.memory_bytes() == 2**30
+    assert checks.memory_bytes() == physical  # cached: the files are not read per check
+    assert memory_bytes() == 2**30
     with pytest.raises(ValueError, match=r"num_train=1 needs 2 GiB .* has 1 GiB"):
         checks.fits_in_memory("num_train", 1, 2**29)  # float32
     proc.write_text("5:cpu:/x\n4:memory:/x\n")  # v1, unlimited: a huge number
     limit("memory/x/memory.limit_in_bytes", "9223372036854771712\n")
-    assert checks.memory_bytes() == physical
+    assert memory_bytes() == physical
     limit("memory/x/memory.limit_in_bytes", f"{3 * 2**30}\n")
-    assert checks.memory_bytes() == min(physical, 3 * 2**30)
+    assert memory_bytes() == min(physical, 3 * 2**30)

@@ -28,7 +28,7 @@ EIGHT_DEVICES = textwrap.dedent(
     jax.config.update("jax_numpy_dtype_promotion", "strict")
     import jaxlin
     from jaxlin import parallel
-    from jaxlin.engines.compiled import jit_run_epochs
+    from jaxlin.engines.compiled import epochs_program
     from jax.sharding import NamedSharding
 
     assert jax.device_count() == 8
@@ -54,10 +54,10 @@ EIGHT_DEVICES = textwrap.dedent(
     mesh = parallel.data_mesh()
     s = jaxlin.synthetic_splits(key, num_train=64, num_val=8)
     args = parallel.replicate(mesh, (jaxlin.init_params(key, 2), *s.train, None))
-    hlo = jit_run_epochs.lower(
-        *args, key, 0, np.float32(0.03), None, batch_size=32, shuffle=True,
-        num_epochs=1, constrain=parallel.ShardBatch(NamedSharding(mesh, jax.P("data"))),
-    ).compile().as_text()
+    program = epochs_program(
+        32, True, 1, constrain=parallel.ShardBatch(NamedSharding(mesh, jax.P("data")))
+    )
+    hlo = program.lower(*args, key, 0, np.float32(0.03), None).compile().as_text()
     out["hlo"] = dict(all_reduce="all-reduce" in hlo, local_batch="f32[4,2]" in hlo,
                       full_batch="f32[32,2]" in hlo)
     try:

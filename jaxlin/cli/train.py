@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -272,7 +273,6 @@ def run(args) -> dict:
     import numpy as np
 
     import jaxlin
-    from jaxlin.checkpoint import fit_with_checkpoints
 
     interrupt.check("interrupted before training started; nothing saved")
     data, params, key_shuffle = setup(args)
@@ -303,6 +303,8 @@ def run(args) -> dict:
     )
     callback = progress if per_epoch else None
     if args.checkpoint_dir is not None:
+        from jaxlin.checkpoint import fit_with_checkpoints
+
         run_config = {k: getattr(args, k) for k in RUN_FIELDS}
         params, history = fit_with_checkpoints(
             params,
@@ -391,16 +393,36 @@ def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
 
 
 def setup(args):
-    """The lecture's data, initial parameters and shuffle key from ``--seed``."""
+    """The lecture's data, initial parameters and shuffle key from ``--seed``, as one program.
+
+    Drawn function by function, the keys, the data and the initial weights are
+    three compiles; jitted together, one. The library's checks run first, on
+    the host, and the values are the library's, bit for bit (tested).
+    """
     import jax
+    import numpy as np
 
-    import jaxlin
+    from jaxlin import checks
+    from jaxlin.data import Splits, draw, splits_args
+    from jaxlin.engines import compiler
+    from jaxlin.model import draw_params
 
-    key_data, key_init, key_shuffle = jax.random.split(jax.random.key(args.seed), 3)
-    data = jaxlin.synthetic_splits(
-        key_data, args.w, args.b, num_train=args.num_train, num_val=args.num_val, noise=args.noise
+    w, b, sizes, noise = splits_args(
+        args.w, args.b, num_train=args.num_train, num_val=args.num_val, noise=args.noise
     )
-    return data, jaxlin.init_params(key_init, len(args.w), sigma=args.sigma), key_shuffle
+    sigma = checks.finite_float("sigma", args.sigma, nonnegative=True)
+
+    # LLVM at -O1: the same bits as the defaults, and a quicker compile of the
+    # normal sampler's large code (-O0 changes the draws in the last bit). The
+    # seed and the truth are arguments: constants would be folded at compile
+    # time, in other arithmetic.
+    @functools.partial(compiler.jit, extra={"xla_backend_optimization_level": 1})
+    def lecture(seed, w, b, noise, sigma):
+        key_data, key_init, key_shuffle = jax.random.split(jax.random.key(seed), 3)
+        (train, val), w, b = draw(key_data, w, b, noise, sizes)
+        return Splits(train, val, None, w, b), draw_params(key_init, sigma, len(w)), key_shuffle
+
+    return lecture(np.uint32(args.seed), w, b, noise, sigma)
 
 
 def interrupted_message(args, epochs_done: int, *, finished: bool = False) -> str:

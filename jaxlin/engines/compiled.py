@@ -11,10 +11,12 @@ and ``jax.grad``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlin.config import TrainConfig
 from jaxlin.data import split_batches
@@ -212,6 +214,37 @@ def make_train(config: TrainConfig) -> Callable:
     return train
 
 
-jit_run_epochs = compiler.jit(
-    run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "affine", "constrain")
-)
+@functools.lru_cache(maxsize=256, typed=True)
+def device_scalar(value: float | int, dtype) -> jax.Array:
+    """``value`` as a 0-d ``dtype`` array on the default device, made once per value.
+
+    A Python number passed to a compiled program is converted to a device
+    array on every call; the drivers pass these instead (same values, same
+    program for every lr and epoch).
+    """
+    return jax.device_put(np.asarray(value, dtype))
+
+
+@functools.cache
+def epochs_program(
+    batch_size: int, shuffle: bool, num_epochs: int, affine: bool = False, constrain=None
+) -> Callable:
+    """``run_epochs`` for one static setting, compiled once per process and setting.
+
+    Returns ``program(params, X, y, val, key, first_epoch, lr, clip) -> (params,
+    (losses, val_losses), finite)`` where ``finite`` is one device bool: whether
+    every training loss and parameter is finite. What the host drivers call:
+    the static settings are bound here, so a call is JAX's fast dispatch of
+    array arguments, and a run that did not diverge is known from one bool.
+    """
+
+    def program(params, X, y, val, key, first_epoch, lr, clip):
+        params, history = run_epochs(
+            params, X, y, val, key, first_epoch, lr, clip, batch_size=batch_size,
+            shuffle=shuffle, num_epochs=num_epochs, affine=affine, constrain=constrain,
+        )  # fmt: skip
+        checked = (history[0], *jax.tree.leaves(params))
+        finite = jnp.stack([jnp.isfinite(a).all() for a in checked]).all()
+        return params, history, finite
+
+    return compiler.jit(program).jitted

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
@@ -28,25 +28,28 @@ def options() -> dict:
     """``FAST_COMPILE`` when this XLA accepts it, else ``{}`` (probed once)."""
     try:
         probe = jax.jit(lambda x: x + 1, compiler_options=FAST_COMPILE)
-        probe.lower(jnp.zeros((), jnp.float32)).compile()
+        probe.lower(np.zeros((), np.float32)).compile()
     except Exception:  # JaxRuntimeError "No such compile option" on newer jaxlibs
         return {}
     return dict(FAST_COMPILE)
 
 
 class jit:  # lower case: used like jax.jit
-    """``jax.jit(fun, **kwargs)`` compiled with ``options()``, made on first use.
+    """``jax.jit(fun, **kwargs)`` compiled with ``options()`` and ``extra``, made on first use.
 
-    Supports calling and ``.lower``, which is all jaxlin uses.
+    ``extra``: more XLA options for this program alone. Supports calling and
+    ``.lower``, which is all jaxlin uses.
     """
 
-    def __init__(self, fun, **kwargs):
-        self.fun, self.kwargs = fun, kwargs
+    def __init__(self, fun, *, extra: dict | None = None, **kwargs):
+        self.fun, self.extra, self.kwargs = fun, extra or {}, kwargs
         functools.update_wrapper(self, fun)
 
     @functools.cached_property
     def jitted(self):
-        return jax.jit(self.fun, compiler_options=options() or None, **self.kwargs)
+        """The ``jax.jit`` of ``fun`` with the options."""
+        compiler_options = {**options(), **self.extra} or None
+        return jax.jit(self.fun, compiler_options=compiler_options, **self.kwargs)
 
     def __call__(self, *args, **kwargs):
         return self.jitted(*args, **kwargs)

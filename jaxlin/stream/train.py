@@ -48,7 +48,7 @@ from jaxlin.shuffle import epoch_key, permute_indices, permute_runs
 from jaxlin.stream.format import Dataset, open_dataset
 from jaxlin.stream.reader import ShardReader
 from jaxlin.train import step
-from jaxlin.trainer import EpochEnd, History, refuse_traced, run_loop
+from jaxlin.trainer import EpochEnd, History, run_loop
 
 ORDERS = ("exact", "runs")  # fit's permutation, or permute_runs (reads in runs)
 RUN_LENGTH = 64  # examples per run of the "runs" order
@@ -222,7 +222,7 @@ def fit_stream(
       >>> params, hist = fit_stream(init_params(jax.random.key(1), 2), "data",
       ...                           key=jax.random.key(2))
     """
-    refuse_traced("jaxlin.fit_stream", params, val, lr, key)
+    configs.refuse_traced("jaxlin.fit_stream", params, val, lr, key)
     config = configs.make_config(
         config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val,
@@ -308,7 +308,7 @@ def fit_stream(
             done.put(block_losses)
             epoch_losses.append(block_losses)
         val_loss = loss_fn(params, *val) if val is not None else np.nan
-        return params, (jnp.concatenate(epoch_losses)[None], np.asarray([val_loss]))
+        return params, (jnp.concatenate(epoch_losses)[None], np.asarray([val_loss])), None
 
     try:
         return run_loop(

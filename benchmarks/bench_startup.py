@@ -1,0 +1,202 @@
+"""Start-up and driver cost: the first result of a fresh process, and `fit` against its program.
+
+    python benchmarks/bench_startup.py              # 7 rounds of processes, 41 of calls
+    python benchmarks/bench_startup.py --rounds 3   # quicker
+
+Three measurements, each alternated in one run so that the machine's state
+is shared by everything compared:
+
+1. Whole processes, taking turns: `jaxlin train` on a machine that never ran
+   it (`--no-cache`), `jaxlin train` with its compile cache warm, and the
+   lecture's PyTorch script (`seed_torch.py`, needs the `bench` extra).
+   The number of programs `jaxlin train` compiles is counted from JAX's own
+   log (`JAX_LOG_COMPILES`).
+2. A fresh Python process: `import jaxlin` apart, then the lecture's data,
+   initial parameters and first `fit` (compilation included).
+3. In one warm process: `jaxlin.fit` as a user calls it, against
+   `jax.jit(jaxlin.make_train(config))` on the same data and key, alternated.
+
+Writes `benchmarks/results/startup_<backend>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from machine import cpu_name  # noqa: E402 (benchmarks/machine.py, beside this script)
+
+FIRST_FIT = """
+import time
+start = time.perf_counter()
+import jax
+import jaxlin
+imported = time.perf_counter()
+key_data, key_init, key_shuffle = jax.random.split(jax.random.key(0), 3)
+data = jaxlin.synthetic_splits(key_data)
+params = jaxlin.init_params(key_init, num_inputs=2)
+params, history = jaxlin.fit(params, data.train, data.val, key=key_shuffle)
+params["w"].block_until_ready()
+done = time.perf_counter()
+print(imported - start, done - imported)
+"""
+
+DRIVER = """
+import json, statistics, sys, time
+import jax
+import jaxlin
+rounds = int(sys.argv[1])
+key_data, key_init, key_shuffle = jax.random.split(jax.random.key(0), 3)
+data = jaxlin.synthetic_splits(key_data)
+params = jaxlin.init_params(key_init, num_inputs=2)
+program = jax.jit(jaxlin.make_train(jaxlin.TrainConfig()))
+
+
+def compiled():
+    return jax.block_until_ready(program(params, data.train, data.val, key_shuffle))
+
+
+def fit():
+    return jaxlin.fit(params, data.train, data.val, key=key_shuffle)
+
+
+for f in (compiled, fit):  # compile, and check that both end at the same parameters
+    f()
+gap = abs(float(compiled()[0]["w"][0, 0]) - float(fit()[0]["w"][0, 0]))
+times = {"fit": [], "program": []}
+for _ in range(rounds):
+    for name, f in (("program", compiled), ("fit", fit)):
+        start = time.perf_counter()
+        f()
+        times[name].append(time.perf_counter() - start)
+print(json.dumps({"times": times, "gap": gap}))
+"""
+
+
+def _run(cmd: list[str], env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, **kwargs)
+
+
+def _timed(cmd: list[str], **kwargs) -> float:
+    start = time.perf_counter()
+    _run(cmd, **kwargs)
+    return time.perf_counter() - start
+
+
+def processes(rounds: int) -> dict:
+    """The lecture's run as whole processes, taking turns: median seconds of each."""
+    jaxlin_cmd = [sys.executable, "-m", "jaxlin", "train", "--quiet"]
+    seed = [sys.executable, str(HERE / "seed_torch.py")]
+    try:
+        _run(seed, cwd=HERE)
+        has_torch = True
+    except subprocess.CalledProcessError:  # no torch (the bench extra): no reference
+        has_torch = False
+    times: dict[str, list[float]] = {"no_cache": [], "warm_cache": [], "torch": []}
+    with tempfile.TemporaryDirectory() as cache:
+        warm = [*jaxlin_cmd, "--cache-dir", cache]
+        _run(warm)  # fills the cache
+        for _ in range(rounds):
+            times["no_cache"].append(_timed([*jaxlin_cmd, "--no-cache"]))
+            times["warm_cache"].append(_timed(warm))
+            if has_torch:
+                times["torch"].append(_timed(seed, cwd=HERE))
+    out = {k: {"median_s": statistics.median(v), "all_s": v} for k, v in times.items() if v}
+    if has_torch:
+        ref = out["torch"]["median_s"]
+        for k in ("no_cache", "warm_cache"):
+            out[k]["x_torch"] = out[k]["median_s"] / ref
+    return out
+
+
+def programs_compiled() -> int:
+    """How many XLA programs a first `jaxlin train` compiles (JAX's compile log)."""
+    env = {**os.environ, "JAX_LOG_COMPILES": "1"}
+    proc = _run([sys.executable, "-m", "jaxlin", "train", "--quiet", "--no-cache"], env=env)
+    return sum("Finished XLA compilation" in line for line in proc.stderr.splitlines())
+
+
+def first_fit(rounds: int) -> dict:
+    """Fresh processes: `import jaxlin`, then data, params and the first fit (medians)."""
+    imports, firsts = [], []
+    for _ in range(rounds):
+        out = _run([sys.executable, "-c", FIRST_FIT]).stdout.split()
+        imports.append(float(out[0]))
+        firsts.append(float(out[1]))
+    return {
+        "import_s": statistics.median(imports),
+        "data_params_first_fit_s": statistics.median(firsts),
+        "all_s": firsts,
+    }
+
+
+def driver(rounds: int) -> dict:
+    """`fit` against `jax.jit(make_train(config))`, alternated in one warm process."""
+    out = json.loads(_run([sys.executable, "-c", DRIVER, str(rounds)]).stdout)
+    if out["gap"] > 1e-6:
+        raise SystemExit(f"fit and make_train ended {out['gap']:.2e} apart: not comparable")
+    fit, program = (statistics.median(out["times"][k]) for k in ("fit", "program"))
+    return {"fit_s": fit, "program_s": program, "ratio": fit / program, "rounds": rounds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of whole processes")
+    parser.add_argument("--calls", type=int, default=41, help="alternated warm calls")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
+    args = parser.parse_args()
+    import jax
+    import jaxlib
+
+    env = {
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    print("environment:", json.dumps(env))
+    count = programs_compiled()
+    print(f"programs compiled by a first `jaxlin train`: {count}")
+    procs = processes(args.rounds)
+    for name, r in procs.items():
+        ratio = f"  ({r['x_torch']:.2f}x the PyTorch script)" if "x_torch" in r else ""
+        print(f"  process {name:11} {r['median_s']:6.2f} s{ratio}")
+    first = first_fit(args.rounds)
+    print(
+        f"fresh process: import jaxlin {first['import_s']:.2f} s, then data, params and "
+        f"first fit {first['data_params_first_fit_s']:.2f} s"
+    )
+    drv = driver(args.calls)
+    print(
+        f"warm: fit {drv['fit_s'] * 1e3:.3f} ms, jax.jit(make_train(config)) "
+        f"{drv['program_s'] * 1e3:.3f} ms: fit costs {drv['ratio']:.2f}x its program"
+    )
+    result = {
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "env": env,
+        "programs_compiled": count,
+        "processes": procs,
+        "first_fit": first,
+        "driver": drv,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"startup_{env['backend']}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
