@@ -192,10 +192,13 @@ def checked_run(driver: str, params, train, val, config: TrainConfig, key) -> tu
     """
     objects = _arrays(params, train, val, key, config)
     if objects is not None and tuple(map(id, objects)) in _CHECKED:
-        return train, val, key
+        return train, val, key if config.shuffle else None
     refuse_traced(driver, params, train, val, key)
     _, data, val_checked, _ = training_data(params, train, val, config)
     key_checked = shuffle_key(config, key)
+    for array in (data[0], key_checked):  # JAX's array type, and its type of typed keys
+        if isinstance(array, jax.Array) and not checks.is_traced(array):
+            _ARRAY_TYPES.add(type(array))
     if objects is not None and _same(data, train) and _same(val_checked, val):
         if key_checked is key or key_checked is None:
             _remember(objects)
@@ -213,10 +216,15 @@ def _arrays(params, train, val, key, config) -> tuple | None:
         objects = (params.get("w"), params.get("b"), *train, *val, key, config)
     else:
         return None
-    arrays = objects[:-2] if key is None else objects[:-1]
-    if not all(isinstance(o, jax.Array) for o in arrays):  # numpy arrays can change
-        return None
-    return objects
+    types = set(map(type, objects[:-1]))  # numpy arrays can change: never remembered
+    types.discard(type(None))  # no key
+    return objects if types <= _ARRAY_TYPES else None
+
+
+# The concrete JAX array types met so far (an array's and a typed key's; learned from
+# checked arguments, since naming them needs private modules): a type test is cheaper
+# than isinstance(o, jax.Array).
+_ARRAY_TYPES: set[type] = set()
 
 
 def _same(checked, given) -> bool:

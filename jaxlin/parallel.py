@@ -37,7 +37,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jaxlin import checks
 from jaxlin import config as configs
 from jaxlin.config import TrainConfig
-from jaxlin.engines.compiled import epochs_program
+from jaxlin.engines.compiled import epochs_program, read_record
 from jaxlin.model import Params
 from jaxlin.trainer import EpochEnd, History, run_loop
 
@@ -190,7 +190,8 @@ def fit_data_parallel(
 
     def run(params, epoch, count):
         program = epochs_program(config.batch_size, config.shuffle, count, constrain=constrain)
-        return program(params, X, y, val, key, epoch, lr_a, clip_a)
+        params, record = program(params, X, y, val, key, epoch, lr_a, clip_a)
+        return params, *read_record(record, count)
 
     return run_loop(
         run, params, first=0, stop=config.max_epochs, per_epoch=callback is not None,

@@ -21,7 +21,7 @@ from jax.typing import ArrayLike
 from jaxlin import checks
 from jaxlin import config as configs
 from jaxlin.config import TrainConfig
-from jaxlin.engines.compiled import device_scalar, epochs_program
+from jaxlin.engines.compiled import device_scalar, epochs_program, read_record
 from jaxlin.model import Params, loss_fn
 from jaxlin.shuffle import epoch_key
 from jaxlin.train import train_epoch
@@ -86,30 +86,33 @@ def run_loop(
 
     ``run(params, epoch, count)`` trains ``count`` epochs from ``epoch`` and
     returns ``(params, (losses (count, steps), val_losses (count,)), finite)``:
-    ``finite`` is a bool (on the device or the host) that says whether every
-    loss and parameter is finite, or ``None`` to check them here. With
-    ``per_epoch`` it is called once per epoch, and each epoch's losses are
-    read, checked and handed to ``callback``; otherwise once for the whole run,
-    read once at the end.
+    ``finite`` is a bool that says whether every loss and parameter is
+    finite, or ``None`` to check them here. With ``per_epoch`` it is called
+    once per epoch, and each epoch's losses are read, checked and handed to
+    ``callback``; otherwise once for the whole run, read once at the end.
     """
-    if per_epoch:
-        losses, val_losses = [], []
-        for epoch in range(first, stop):
-            params, (loss, val_loss), finite = run(params, epoch, 1)
-            loss, val_loss = np.asarray(loss), np.asarray(val_loss)
-            losses.append(loss)
-            val_losses.append(val_loss)
-            if finite is None or not np.asarray(finite):
-                check_finite(params, loss, epoch, lr)
-            if callback is not None:
-                val_now = float(val_loss[0]) if has_val else None
-                callback(EpochEnd(epoch, params, loss[0], val_now))
-        train_loss = np.concatenate(losses)
-        val_loss = np.concatenate(val_losses) if has_val else None
-        return params, History(train_loss, val_loss)
-    params, (train_loss, val_loss), finite = run(params, first, stop - first)
+    if not per_epoch:
+        return read_run(run(params, first, stop - first), first, lr, has_val)
+    losses, val_losses = [], []
+    for epoch in range(first, stop):
+        params, (loss, val_loss), finite = run(params, epoch, 1)
+        loss, val_loss = np.asarray(loss), np.asarray(val_loss)
+        losses.append(loss)
+        val_losses.append(val_loss)
+        if not finite:  # None: not known, checked here
+            check_finite(params, loss, epoch, lr)
+        if callback is not None:
+            val_now = float(val_loss[0]) if has_val else None
+            callback(EpochEnd(epoch, params, loss[0], val_now))
+    val_loss = np.concatenate(val_losses) if has_val else None
+    return params, History(np.concatenate(losses), val_loss)
+
+
+def read_run(result: tuple, first: int, lr: float, has_val: bool) -> tuple[Params, History]:
+    """``(params, history)`` from what a ``run`` of a whole run returned, checked."""
+    params, (train_loss, val_loss), finite = result
     train_loss = np.asarray(train_loss)  # the run's losses, read once
-    if finite is None or not np.asarray(finite):
+    if not finite:  # None: not known, checked here
         check_finite(params, train_loss, first, lr)
     return params, History(train_loss, np.asarray(val_loss) if has_val else None)
 
@@ -170,17 +173,12 @@ def fit(
                 f"start_epoch must be in [0, max_epochs={config.max_epochs}), got {start_epoch}"
             )
 
+    has_val = val is not None
     if config.engine in ("scan", "affine"):
-        run_key = configs.placeholder_key() if key is None else key  # unused without shuffling
-        affine = config.engine == "affine"
-        lr_, clip = device_scalar(config.lr, X.dtype), config.clip
-        clip = None if clip is None else device_scalar(clip, X.dtype)
-
-        def run(params, epoch, count):
-            program = epochs_program(config.batch_size, config.shuffle, count, affine)
-            epoch = device_scalar(epoch, np.int32)
-            return program(params, X, y, val, run_key, epoch, lr_, clip)
-
+        run = _compiled_run(config, X.dtype, X, y, val, key)
+        if callback is None:  # the whole run: one compiled call, read once
+            return read_run(run(params, start_epoch, config.max_epochs - start_epoch),
+                            start_epoch, config.lr, has_val)  # fmt: skip
     else:
 
         def run(params, epoch, count):
@@ -196,5 +194,20 @@ def fit(
     per_epoch = callback is not None or config.engine in ("step", "eager")
     return run_loop(
         run, params, first=start_epoch, stop=config.max_epochs, per_epoch=per_epoch,
-        lr=config.lr, has_val=val is not None, callback=callback,
+        lr=config.lr, has_val=has_val, callback=callback,
     )  # fmt: skip
+
+
+def _compiled_run(config: TrainConfig, dtype, X, y, val, key) -> Callable:
+    """``run(params, epoch, count)`` for ``run_loop``: the config's compiled program."""
+    key = configs.placeholder_key() if key is None else key  # unused without shuffling
+    affine = config.engine == "affine"
+    lr, clip = device_scalar(config.lr, dtype), config.clip
+    clip = None if clip is None else device_scalar(clip, dtype)
+
+    def run(params, epoch, count):
+        program = epochs_program(config.batch_size, config.shuffle, count, affine)
+        params, record = program(params, X, y, val, key, device_scalar(epoch, np.int32), lr, clip)
+        return params, *read_record(record, count)
+
+    return run

@@ -232,19 +232,34 @@ def epochs_program(
     """``run_epochs`` for one static setting, compiled once per process and setting.
 
     Returns ``program(params, X, y, val, key, first_epoch, lr, clip) -> (params,
-    (losses, val_losses), finite)`` where ``finite`` is one device bool: whether
-    every training loss and parameter is finite. What the host drivers call:
-    the static settings are bound here, so a call is JAX's fast dispatch of
-    array arguments, and a run that did not diverge is known from one bool.
+    record)``: ``record`` is the run's losses, validation losses and whether
+    every training loss and parameter is finite, in one 1-D array that the
+    host reads at once (``read_record`` takes it apart). What the host drivers
+    call: the static settings are bound here, so a call is JAX's fast dispatch
+    of array arguments.
     """
 
     def program(params, X, y, val, key, first_epoch, lr, clip):
-        params, history = run_epochs(
+        params, (losses, val_losses) = run_epochs(
             params, X, y, val, key, first_epoch, lr, clip, batch_size=batch_size,
             shuffle=shuffle, num_epochs=num_epochs, affine=affine, constrain=constrain,
         )  # fmt: skip
-        checked = (history[0], *jax.tree.leaves(params))
+        checked = (losses, *jax.tree.leaves(params))
         finite = jnp.stack([jnp.isfinite(a).all() for a in checked]).all()
-        return params, history, finite
+        record = (losses.reshape(-1), val_losses, finite.astype(losses.dtype)[None])
+        return params, jnp.concatenate(record)
 
     return compiler.jit(program).jitted
+
+
+def read_record(record, num_epochs: int) -> tuple[tuple[np.ndarray, np.ndarray], bool]:
+    """``((losses (num_epochs, steps), val_losses (num_epochs,)), finite)`` from a record.
+
+    ``record`` is what an ``epochs_program`` returns beside the parameters; it
+    is read from the device once, and the losses are views of that one copy.
+    """
+    record = np.asarray(record)
+    steps = (record.size - 1) // num_epochs - 1
+    end = num_epochs * steps
+    losses = record[:end].reshape(num_epochs, steps)
+    return (losses, record[end : end + num_epochs]), bool(record[-1])
