@@ -1,5 +1,8 @@
 """One configuration: every entry point accepts and refuses exactly the same values."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,3 +155,60 @@ def test_memory_is_the_containers_limit_where_lower(tmp_path, monkeypatch, reque
     assert memory_bytes() == physical
     limit("memory/x/memory.limit_in_bytes", f"{3 * 2**30}\n")
     assert memory_bytes() == min(physical, 3 * 2**30)
+
+
+def test_checks_of_the_same_arrays_are_remembered_only_while_they_cannot_change(key):
+    """fit checks JAX arrays (immutable) once; numpy arrays (mutable) on every call; a
+    changed argument is checked again; and fit keeps no array alive."""
+    import gc
+    import weakref
+
+    s = jaxlin.synthetic_splits(key, num_train=32, num_val=8)
+    p0 = jaxlin.init_params(key, 2)
+    for _ in range(3):  # remembered from here on
+        jaxlin.fit(p0, s.train, s.val, key=key, max_epochs=1)
+    X = np.asarray(s.train[0]).copy()
+    jaxlin.fit(p0, (X, s.train[1]), key=key, max_epochs=1)
+    X[3, 1] = np.nan  # the same numpy array, changed in place: checked again
+    with pytest.raises(ValueError, match=r"train X contains NaN or Inf values \(first at row 3\)"):
+        jaxlin.fit(p0, (X, s.train[1]), key=key, max_epochs=1)
+    bad_y = s.train[1].at[5].set(jnp.inf)  # a new array beside a remembered one
+    with pytest.raises(ValueError, match=r"train y contains NaN or Inf values \(first at row 5\)"):
+        jaxlin.fit(p0, (s.train[0], bad_y), key=key, max_epochs=1)
+    with pytest.raises(TypeError, match="params must be a dict with keys 'w' and 'b'"):
+        jaxlin.fit({**p0, "extra": p0["b"]}, s.train, s.val, key=key, max_epochs=1)
+    with pytest.raises(ValueError, match="key is required when shuffle=True"):
+        jaxlin.fit(p0, s.train, s.val, max_epochs=1)
+    with pytest.raises(TypeError, match="shuffle must be True or False, got 1"):
+        jaxlin.fit(p0, s.train, s.val, key=key, max_epochs=1, shuffle=1)
+    with pytest.raises(TypeError, match="checked host driver"):
+        jax.jit(lambda X: jaxlin.fit(p0, (X, s.train[1]), key=key)[0])(s.train[0])
+    X_new = s.train[0] + 1.0
+    jaxlin.fit(p0, (X_new, s.train[1]), key=key, max_epochs=1)
+    jaxlin.fit(p0, (X_new, s.train[1]), key=key, max_epochs=1)
+    alive = weakref.ref(X_new)
+    del X_new
+    gc.collect()
+    assert alive() is None  # not held by what fit remembers
+
+
+def test_import_loads_the_lectures_path_and_every_name_on_first_use():
+    """import jaxlin loads neither plotting, checkpoints, sweeps nor the trajectory; each
+    public name is still listed by dir() and loads when first used."""
+    code = """
+import sys
+import jaxlin
+late = ("jaxlin.checkpoint", "jaxlin.sweep", "jaxlin.plot", "jaxlin.engines.trajectory",
+        "matplotlib")
+assert not [m for m in late if m in sys.modules], [m for m in late if m in sys.modules]
+assert set(jaxlin.__all__) <= set(dir(jaxlin))
+assert jaxlin.save_checkpoint.__module__ == "jaxlin.checkpoint"
+assert jaxlin.sweep.__module__ == "jaxlin.sweep" and "jaxlin.sweep" in sys.modules
+for name in jaxlin.__all__:
+    if name != "SGDLinearRegression" or __import__("importlib").util.find_spec("sklearn"):
+        getattr(jaxlin, name)
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"

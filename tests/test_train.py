@@ -303,3 +303,29 @@ def test_compiler_options_change_results_only_by_rounding(problem, key):
     ours = [*jax.tree.leaves(params), losses, val_losses]
     for a, b in zip(ours, jax.tree.leaves(plain(*args, **static)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def _divergence(engine, callback, lr, **kw):
+    """The TrainingDiverged message of a run on a small problem."""
+    s = jaxlin.synthetic_splits(jax.random.key(3), num_train=64, num_val=16)
+    p0 = jaxlin.init_params(jax.random.key(4), 2)
+    with pytest.raises(jaxlin.TrainingDiverged) as err:
+        jaxlin.fit(p0, s.train, s.val, lr=lr, key=jax.random.key(5), engine=engine,
+                   callback=callback, **kw)  # fmt: skip
+    return str(err.value)
+
+
+@pytest.mark.parametrize("engine", ["scan", "affine", "step", "eager"])
+@pytest.mark.parametrize("per_epoch", [False, True])
+def test_divergence_is_named_alike_by_every_engine(engine, per_epoch):
+    """A run whose loss overflows names its first non-finite epoch and step as the lecture's
+    loop does (the step engine), and a run whose last update overflows the parameters
+    (every loss finite) says so, whichever engine ran it, with or without a per-epoch
+    callback (the compiled engines read one flag from the device)."""
+    callback = (lambda end: None) if per_epoch else None
+    loss = dict(lr=50.0, max_epochs=5, batch_size=8)
+    reference = _divergence("step", None, **loss)
+    assert "the training loss became" in reference
+    assert _divergence(engine, callback, **loss) == reference
+    params = dict(lr=3e38, max_epochs=1, batch_size=64)  # one step: its loss is finite
+    assert "the parameters became non-finite in epoch 1" in _divergence(engine, callback, **params)
