@@ -1,7 +1,5 @@
 """``python -m jaxlin``: the same as the ``jaxlin`` script."""
 
-import sys
+from jaxlin.cli import entry
 
-from jaxlin.cli import main
-
-sys.exit(main())
+entry()

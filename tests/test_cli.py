@@ -1,6 +1,7 @@
 """The command line: the lecture's run, its outputs, and one-line errors."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -163,3 +164,32 @@ def test_plot_trajectory_writes_the_path_and_needs_two_features(tmp_path, capsys
     assert main([*argv, "--w", "1,2,3", "--plot-trajectory", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
     assert "--plot-trajectory" in err and "2 features" in err and err.count("\n") == 1
+
+
+def test_a_second_run_loads_its_programs_and_gives_the_same_result(tmp_path):
+    """jaxlin train compiles at most 4 programs; with its cache, the next run compiles none
+    (the stored executables are loaded) and writes the same results, bit for bit, as a run
+    without the cache; a damaged stored program is compiled and stored again."""
+
+    def train(*flags):
+        out = tmp_path / "out.json"
+        env = {**os.environ, "JAX_LOG_COMPILES": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxlin", "train", "--quiet", "--json", str(out), *flags],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        record = json.loads(out.read_text())
+        compiles = proc.stderr.count("Finished XLA compilation")
+        return {k: record[k] for k in ("w", "b", "train_loss", "val_loss")}, compiles
+
+    reference, compiles = train("--no-cache")
+    assert compiles <= 4
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert train(*cache) == (reference, compiles)  # the first run compiles and stores
+    assert train(*cache) == (reference, 0)
+    stored = sorted((tmp_path / "cache" / "programs").glob("*"))
+    assert stored
+    stored[0].write_bytes(b"not a program")
+    assert train(*cache)[0] == reference
+    assert train(*cache) == (reference, 0)

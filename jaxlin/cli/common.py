@@ -12,6 +12,8 @@ from pathlib import Path
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxlin" / "xla"
 
+PROGRAMS = "programs"  # the folder of --cache-dir that holds jaxlin's stored programs
+
 SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: what jax.random.key accepts on every JAX version
 
 
@@ -153,8 +155,14 @@ def check_output(flag: str, path: Path | None) -> None:
         raise ValueError(f"{flag} {path}: folder {folder} is not writable")
 
 
-def configure_jax(args) -> None:
-    """Platform and persistent compile cache, set before JAX starts a backend."""
+def configure_jax(args, *, store: bool = False) -> None:
+    """Platform and persistent compile cache, set before JAX starts a backend.
+
+    ``store``: every program the run compiles is one of jaxlin's stored
+    programs (``jaxlin.engines.compiler.store_programs``): they are kept in
+    the cache folder, loaded whole by the next run, and JAX's own cache is
+    not used. Otherwise JAX's persistent compilation cache is.
+    """
     import jax
 
     if args.device is not None:
@@ -167,8 +175,14 @@ def configure_jax(args) -> None:
                 "--device gpu: no GPU backend here (needs an NVIDIA GPU and "
                 "pip install 'jaxlin[cuda]'); use --device cpu"
             ) from err
-    if not args.no_cache:
-        args.cache_dir.mkdir(parents=True, exist_ok=True)
+    if args.no_cache:
+        return
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    if store:
+        from jaxlin.engines import compiler
+
+        compiler.store_programs(args.cache_dir / PROGRAMS)  # loaded, not traced, next time
+    else:
         jax.config.update("jax_compilation_cache_dir", str(args.cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

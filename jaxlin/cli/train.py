@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import os
 import shlex
+import threading
 import time
 from pathlib import Path
 
@@ -259,7 +261,10 @@ def run(args) -> dict:
 
     if args.x64:  # before any array is made
         jax.config.update("jax_enable_x64", True)
-    configure_jax(args)
+    # The lecture's run in memory compiles only jaxlin's stored programs (the data, the
+    # epochs): the next run loads them whole, with no tracing.
+    only_stored = args.data is None and args.devices is None and args.plot_trajectory is None
+    configure_jax(args, store=only_stored and args.engine in ("scan", "affine"))
     if args.device == "cpu" and isinstance(args.devices, int) and args.devices > 1:
         try:
             jax.config.update("jax_num_cpu_devices", args.devices)  # before the backend starts
@@ -275,7 +280,15 @@ def run(args) -> dict:
     import jaxlin
 
     interrupt.check("interrupted before training started; nothing saved")
+    # Without a per-epoch callback the scan engine runs every epoch in one compiled call
+    # (fastest); Ctrl-C is then honoured when that call returns.
+    per_epoch = (
+        not args.quiet or args.checkpoint_dir is not None or args.engine in ("step", "eager")
+    )
+    compiling = compile_ahead(args, per_epoch) if mesh is None else None
     data, params, key_shuffle = setup(args)
+    if compiling is not None:
+        compiling.join()
     initial = params
     interrupt.check("interrupted before training started; nothing saved")
     if args.checkpoint_dir is not None:  # what a second Ctrl-C, which exits at once, leaves
@@ -295,11 +308,6 @@ def run(args) -> dict:
         key=key_shuffle,
         gradient_clip_val=args.clip,
         engine=args.engine,
-    )
-    # Without a per-epoch callback the scan engine runs every epoch in one compiled call
-    # (fastest); Ctrl-C is then honoured when that call returns.
-    per_epoch = (
-        not args.quiet or args.checkpoint_dir is not None or args.engine in ("step", "eager")
     )
     callback = progress if per_epoch else None
     if args.checkpoint_dir is not None:
@@ -392,6 +400,33 @@ def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
     return written
 
 
+def compile_ahead(args, per_epoch: bool) -> threading.Thread | None:
+    """A thread that compiles the training program while ``setup`` draws the data.
+
+    The two compiles overlap; ``fit`` then finds its program compiled. Any
+    error is left for ``fit`` itself to raise, in its own words.
+    """
+    if args.engine not in ("scan", "affine"):
+        return None
+    from jaxlin.config import make_config
+    from jaxlin.trainer import compile_fit
+
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            config = make_config(
+                lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
+                gradient_clip_val=args.clip, engine=args.engine,
+            )  # fmt: skip
+            compile_fit(
+                config, num_train=args.num_train, num_features=len(args.w), num_val=args.num_val,
+                dtype="float64" if args.x64 else "float32", per_epoch=per_epoch,
+            )  # fmt: skip
+
+    thread = threading.Thread(target=run, name="jaxlin-compile", daemon=True)
+    thread.start()
+    return thread
+
+
 def setup(args):
     """The lecture's data, initial parameters and shuffle key from ``--seed``, as one program.
 
@@ -416,7 +451,9 @@ def setup(args):
     # normal sampler's large code (-O0 changes the draws in the last bit). The
     # seed and the truth are arguments: constants would be folded at compile
     # time, in other arithmetic.
-    @functools.partial(compiler.jit, extra={"xla_backend_optimization_level": 1})
+    @functools.partial(
+        compiler.jit, extra={"xla_backend_optimization_level": 1}, store_as=(sizes, len(w))
+    )
     def lecture(seed, w, b, noise, sigma):
         key_data, key_init, key_shuffle = jax.random.split(jax.random.key(seed), 3)
         (train, val), w, b = draw(key_data, w, b, noise, sizes)

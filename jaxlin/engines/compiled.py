@@ -249,7 +249,8 @@ def epochs_program(
         record = (losses.reshape(-1), val_losses, finite.astype(losses.dtype)[None])
         return params, jnp.concatenate(record)
 
-    return compiler.jit(program).jitted
+    store_as = () if constrain is not None else (batch_size, shuffle, num_epochs, affine)
+    return compiler.jit(program, store_as=store_as).fast()
 
 
 def read_record(record, num_epochs: int) -> tuple[tuple[np.ndarray, np.ndarray], bool]:

@@ -11,11 +11,21 @@ Only top-level programs use ``jit`` (``fit``'s epochs, the stream's blocks,
 the sweep's grid, data parallelism): JAX refuses compiler options on a jit
 nested in another, so public functions a user may call under ``jax.jit``
 (``train_step``, ``synthetic_splits``) keep plain ``jax.jit``.
+
+``store_programs(folder)`` (the command line's compile cache) keeps the
+programs given a ``store_as`` name compiled on disk: a later process loads
+the executable instead of tracing, lowering and compiling it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -37,12 +47,16 @@ def options() -> dict:
 class jit:  # lower case: used like jax.jit
     """``jax.jit(fun, **kwargs)`` compiled with ``options()`` and ``extra``, made on first use.
 
-    ``extra``: more XLA options for this program alone. Supports calling and
-    ``.lower``, which is all jaxlin uses.
+    ``extra``: more XLA options for this program alone. ``store_as``: a name
+    that says what the program is, beyond ``fun`` (its static settings); with
+    ``store_programs`` on, such a program is kept compiled on disk. Supports
+    calling and ``.lower``, which is all jaxlin uses.
     """
 
-    def __init__(self, fun, *, extra: dict | None = None, **kwargs):
+    def __init__(self, fun, *, extra: dict | None = None, store_as: tuple = (), **kwargs):
         self.fun, self.extra, self.kwargs = fun, extra or {}, kwargs
+        self.store_as = (fun.__module__, fun.__qualname__, *store_as) if store_as else ()
+        self.loaded: dict = {}  # argument signature -> executable (stored programs)
         functools.update_wrapper(self, fun)
 
     @functools.cached_property
@@ -51,8 +65,120 @@ class jit:  # lower case: used like jax.jit
         compiler_options = {**options(), **self.extra} or None
         return jax.jit(self.fun, compiler_options=compiler_options, **self.kwargs)
 
+    def fast(self):
+        """What to call: the ``jax.jit`` itself, unless this program is stored on disk."""
+        return self if self.store_as and _STORE else self.jitted
+
     def __call__(self, *args, **kwargs):
-        return self.jitted(*args, **kwargs)
+        if kwargs or not (self.store_as and _STORE):  # stored programs take positions only
+            return self.jitted(*args, **kwargs)
+        signature = _signature(args)
+        executable = self.loaded.get(signature)
+        if executable is not None:
+            return executable(*args)
+        self.loaded[signature], out = _STORE[0].run(self, signature, args)
+        return out
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
+
+    def compile_ahead(self, *specs) -> None:
+        """Compile for arguments shaped as ``specs`` (``jax.ShapeDtypeStruct``), unless
+        the program is stored for them already: its first call then runs at once."""
+        if self.store_as and _STORE and _STORE[0].path(self, _signature(specs)).exists():
+            return
+        self.jitted.lower(*specs).compile()
+
+
+_STORE: list = []  # the ProgramStore in use, if any (store_programs)
+
+
+def store_programs(folder: Path | None) -> None:
+    """Keep programs that have a ``store_as`` name compiled in ``folder`` (``None``: stop).
+
+    For a process that runs the same few programs every time it starts (the
+    command line): a stored program is loaded, not traced, lowered and
+    compiled. Each file is named by everything that makes the executable:
+    jaxlin's own source, JAX's version, the device, the options, the program
+    and its arguments' shapes and dtypes. A stored file that does not load or
+    run is compiled and stored again. The folder is the user's own cache: an
+    executable file is loaded as it is, so nobody else should write there.
+
+    JAX's own persistent compilation cache must be off for these programs: an
+    executable it loaded does not serialize whole on every XLA version.
+    """
+    _STORE.clear()
+    if folder is not None:
+        _STORE.append(ProgramStore(Path(folder)))
+
+
+class ProgramStore:
+    """Compiled executables on disk, one file per program and argument signature."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def path(self, program: jit, signature: tuple) -> Path:
+        """The file of ``program`` compiled for arguments of ``signature``."""
+        name = hashlib.sha256(repr((_context(), program.store_as, signature)).encode()).hexdigest()
+        return self.folder / f"{name[:32]}.jaxlin-program"
+
+    def run(self, program: jit, signature: tuple, args: tuple) -> tuple:
+        """``(executable, its outputs on args)``: the stored executable, if it loads and
+        runs; else one compiled now (and stored for the next process)."""
+        from jax.experimental import serialize_executable as serial
+
+        path = self.path(program, signature)
+        if path.exists():
+            try:
+                executable = serial.deserialize_and_load(*pickle.loads(path.read_bytes()))
+                return executable, jax.block_until_ready(executable(*args))
+            except Exception:  # from another version, damaged: compiled and stored again
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        compiled = program.jitted.lower(*args).compile()
+        tmp = None
+        try:
+            blob = pickle.dumps(serial.serialize(compiled))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, path)  # whole or absent: never a torn file
+        except Exception:  # a cache: a program that cannot be stored is compiled next time
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        return compiled, compiled(*args)
+
+
+@functools.cache
+def _context() -> tuple:
+    """What makes an executable besides the program: jaxlin's source, JAX, the device."""
+    import jaxlib
+
+    source = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        source.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    device = jax.devices()[0]
+    return (
+        source.hexdigest(), jax.__version__, jaxlib.__version__, device.platform,
+        device.device_kind, jax.device_count(), jax.config.jax_enable_x64, FAST_COMPILE,
+    )  # fmt: skip
+
+
+def _signature(args: tuple) -> tuple:
+    """The arguments' tree, shapes, dtypes and weak types: what a compiled program accepts."""
+    leaves, tree = jax.tree.flatten(args)
+    return str(tree), tuple(_aval(leaf) for leaf in leaves)
+
+
+def _aval(leaf) -> tuple:
+    """What a compiled program accepts of one argument (a ShapeDtypeStruct says the same)."""
+    if isinstance(leaf, (bool, int, float, complex)):  # a Python number: weakly typed
+        return (type(leaf).__name__,)
+    weak = getattr(leaf, "weak_type", None)  # a ShapeDtypeStruct's
+    if weak is None:
+        weak = getattr(getattr(leaf, "aval", None), "weak_type", False)
+    return tuple(leaf.shape), str(leaf.dtype), bool(weak)
