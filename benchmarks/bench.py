@@ -264,6 +264,31 @@ def default_problem(repeats: int) -> list[dict]:
     return rows
 
 
+def driver_overhead(repeats: int) -> dict:
+    """`fit` as a user calls it against `jax.jit(make_train(config))`, alternated call by call.
+
+    Same data, initial parameters and key; medians of ``repeats`` rounds.
+    """
+    data, params, key = problem(1000, 2)
+    program = jax.jit(jaxlin.make_train(jaxlin.TrainConfig()))
+
+    def compiled():
+        return jax.block_until_ready(program(params, data.train, data.val, key))
+
+    def fit():
+        return jaxlin.fit(params, data.train, data.val, key=key)
+
+    gap = np.abs(np.asarray(compiled()[0]["w"]) - np.asarray(fit()[0]["w"])).max()
+    if gap > 1e-6:
+        raise SystemExit(f"fit and make_train ended {gap:.2e} apart: not comparable")
+    times = {"fit": [], "program": []}
+    for _ in range(repeats):
+        for name, f in (("program", compiled), ("fit", fit)):
+            times[name].append(_time(f))
+    fit_s, program_s = (statistics.median(times[k]) for k in ("fit", "program"))
+    return {"fit_s": fit_s, "program_s": program_s, "ratio": fit_s / program_s, "rounds": repeats}
+
+
 def engine_time(n: int, d: int, batch_size: int, epochs: int, affine: bool, repeats: int) -> dict:
     """Steady-state time of the compiled program alone (no input checks, no host reads)."""
     data, params, key = problem(n, d, num_val=min(n, 1000))
@@ -506,6 +531,12 @@ def main() -> None:
             f" {r['first_s']:10.3f}s {r['samples_per_s'] / 1e6:9.2f} M {speedup}"
         )
     print("  every implementation ended within 1e-5 of the step engine's parameters")
+    driver = driver_overhead(max(41, args.repeats))
+    print(
+        f"  fit {driver['fit_s'] * 1e3:.3f} ms against its program alone, "
+        f"jax.jit(make_train(config)), {driver['program_s'] * 1e3:.3f} ms (alternated, "
+        f"{driver['rounds']} rounds): the driver costs {driver['ratio']:.2f}x the program"
+    )
 
     print("\ncompile time of the compiled engines (3 epochs, batch 32; no persistent cache):")
     compiles = compile_times(args.quick)
@@ -523,6 +554,7 @@ def main() -> None:
         "bandwidth_gbps": gbps,
         "one_core_bandwidth_gbps": one_core,
         "default_problem": rows,
+        "driver": driver,
         "compile": compiles,
         "scaling": scale,
         "processes": procs,

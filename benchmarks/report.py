@@ -113,6 +113,16 @@ def bench_section(path: Path, dates: Dates) -> list[str]:
         body,
     )  # fmt: skip
 
+    driver = data.get("driver")
+    if driver:
+        out += [
+            f"`fit` as a user calls it (the `jaxlin scan` row) against its compiled program "
+            f"alone, `jax.jit(make_train(config))`, alternated call by call ({driver['rounds']} "
+            f"rounds, medians): {ms(driver['fit_s'])} against {ms(driver['program_s'])}, "
+            f"so the driver (its checks, the host reads) costs {driver['ratio']:.2f}x the "
+            "program it runs.",
+            "",
+        ]
     out += ["### Scaling", "", f"![Samples per second against n, d and batch size]({FIGURE})", ""]
     out += [
         "Samples per second of each engine's steady state (`run_epochs` compiled; "
@@ -147,6 +157,45 @@ def bench_section(path: Path, dates: Dates) -> list[str]:
         "",
     ]
     out += table(["command", "time"], [[k, f"{v:.3g} s"] for k, v in data["processes"].items()])
+    return out
+
+
+def startup_section(path: Path, dates: Dates) -> list[str]:
+    data = json.loads(path.read_text())
+    env = data["env"]
+    out = [f"## Start-up (`{rel(path)}`)", ""]
+    out += [
+        f"Made by `python benchmarks/bench_startup.py` on {dates(path, data)}: "
+        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, backend {env['backend']}; "
+        f"Python {env.get('python', '?')}, jax {env['jax']}, jaxlib {env['jaxlib']}.",
+        "",
+        "The lecture's run as whole processes, taking turns in one run (medians): "
+        "`jaxlin train --quiet` on a machine that never ran it (`--no-cache`), the same "
+        "with its cache folder filled by an earlier run (the programs are loaded, not "
+        "compiled), and the lecture's PyTorch script (`benchmarks/seed_torch.py`). "
+        f"A first `jaxlin train` compiles {data['programs_compiled']} XLA programs.",
+        "",
+    ]
+    names = {
+        "no_cache": "`jaxlin train` (`--no-cache`)",
+        "warm_cache": "`jaxlin train` (cache filled)",
+        "torch": "the PyTorch script",
+    }
+    body = [
+        [names[k], f"{v['median_s']:.3g} s", f"{v['x_torch']:.2f}" if "x_torch" in v else "1"]
+        for k, v in data["processes"].items()
+    ]
+    out += table(["process", "time", "x the PyTorch script"], body)
+    first, driver = data["first_fit"], data["driver"]
+    out += [
+        f"In a fresh Python process, `import jaxlin` took {first['import_s']:.3g} s, then the "
+        f"lecture's data, initial parameters and first `fit` {first['data_params_first_fit_s']:.3g}"
+        " s (compiling included). In a warm process, `fit` took "
+        f"{ms(driver['fit_s'])} against {ms(driver['program_s'])} for its compiled program "
+        f"alone, `jax.jit(make_train(config))` ({driver['ratio']:.2f}x, alternated, "
+        f"{driver['rounds']} rounds).",
+        "",
+    ]
     return out
 
 
@@ -227,6 +276,8 @@ def render() -> str:
     ]
     for path in sorted(RESULTS.glob("bench_*.json")):
         lines += bench_section(path, dates)
+    for path in sorted(RESULTS.glob("startup_*.json")):
+        lines += startup_section(path, dates)
     sweeps = sorted(RESULTS.glob("sweep*.json"))
     if sweeps:
         lines += [
