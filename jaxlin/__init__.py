@@ -15,8 +15,6 @@ def _started_as_command() -> bool:
 try:  # the lecture's path: what a first fit uses
     from jaxlin.config import ENGINES, TrainConfig
     from jaxlin.data import (
-        SEED_B,
-        SEED_W,
         TRUE_B,
         TRUE_W,
         Splits,
@@ -86,8 +84,6 @@ __all__ = [  # noqa: RUF022 (grouped: SGDLinearRegression, then the rest)
     "load_checkpoint",
     "save_checkpoint",
     "ENGINES",
-    "SEED_B",
-    "SEED_W",
     "TRUE_B",
     "TRUE_W",
     "TrainConfig",

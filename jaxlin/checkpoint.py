@@ -53,6 +53,7 @@ from jax.typing import ArrayLike
 
 from jaxlin import checks
 from jaxlin import config as configs
+from jaxlin.files import fsync_folder
 from jaxlin.model import Params
 from jaxlin.trainer import EpochEnd, History, fit
 
@@ -133,18 +134,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
     return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the folder's entries (a rename, a new file) durable, where the OS allows it."""
-    if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 @contextlib.contextmanager

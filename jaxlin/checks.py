@@ -38,16 +38,6 @@ def nonnegative_int(name: str, value) -> int:
     return int(value)
 
 
-def batch_size(value, num_examples: int) -> int:
-    """``value`` as an int in ``[1, num_examples]``: a batch cannot exceed the data."""
-    value = positive_int("batch_size", value)
-    if value > num_examples:
-        raise ValueError(
-            f"batch_size must be <= the number of training examples ({num_examples}), got {value}"
-        )
-    return value
-
-
 def boolean(name: str, value) -> bool:
     """``value`` if it is ``True`` or ``False``; anything else (``1``, ``"yes"``) is refused."""
     if not isinstance(value, bool):
@@ -275,7 +265,7 @@ def memory_bytes() -> int:
     return have
 
 
-def _size(num_bytes: float) -> str:
+def size_text(num_bytes: float) -> str:
     """``num_bytes`` in the largest binary unit that keeps it >= 1, e.g. ``'7.5 GiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if num_bytes < 1024 or unit == "PiB":
@@ -294,6 +284,6 @@ def fits_in_memory(name: str, value, num_values: int, dtype="float32") -> None:
     have = memory_bytes()
     if need > have:
         raise ValueError(
-            f"{name}={value} needs {_size(need)} of memory for its arrays, "
-            f"but this machine has {_size(have)}"
+            f"{name}={value} needs {size_text(need)} of memory for its arrays, "
+            f"but this machine has {size_text(have)}"
         )

@@ -125,8 +125,11 @@ def shuffle_key(config: TrainConfig, key) -> jax.Array | None:
     if not config.shuffle:
         return None
     if key is None:
-        raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
+        raise ValueError(KEY_REQUIRED)
     return checks.key("key", key)
+
+
+KEY_REQUIRED = "key is required when shuffle=True: pass key=jax.random.key(seed)"
 
 
 @functools.cache

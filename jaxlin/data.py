@@ -22,7 +22,6 @@ from jaxlin.shuffle import permutation
 
 TRUE_W = (2.0, -3.4)  # the lecture's true parameters
 TRUE_B = 4.2
-SEED_W, SEED_B = TRUE_W, TRUE_B  # older names of the same values
 
 
 class Splits(NamedTuple):

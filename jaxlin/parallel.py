@@ -162,7 +162,7 @@ def fit_data_parallel(
       >>> params, hist = fit_data_parallel(params, data.train, mesh=mesh, batch_size=32,
       ...                                  key=jax.random.key(0))
     """
-    configs.refuse_traced("jaxlin.fit_data_parallel", params, train, val, lr, key)
+    configs.refuse_traced("jaxlin.fit_data_parallel", lr)
     config = configs.make_config(
         config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val,
@@ -173,13 +173,14 @@ def fit_data_parallel(
     if DATA not in mesh.shape or len(mesh.shape) != 1:
         raise ValueError(f"mesh must have one axis named {DATA!r}, got {dict(mesh.shape)}")
     num_devices = mesh.shape[DATA]
-    _, (X, y), val, _ = configs.training_data(params, train, val, config)
+    (X, y), val, key = configs.checked_run(
+        "jaxlin.fit_data_parallel", params, train, val, config, key
+    )
     if config.batch_size % num_devices:
         raise ValueError(
             f"batch_size={config.batch_size} does not split over {num_devices} devices; use a "
             f"multiple of {num_devices}, e.g. {valid_batch_sizes(num_devices, config.batch_size)}"
         )
-    key = configs.shuffle_key(config, key)
     key = configs.placeholder_key() if key is None else key  # unused without shuffling
 
     params, X, y, val = replicate(mesh, (params, X, y, val))

@@ -79,23 +79,3 @@ def train_epoch(
         params, loss = update(params, X_batch, y_batch, lr, gradient_clip_val)
         losses.append(loss)
     return params, np.asarray(jax.device_get(losses))
-
-
-# The driver's and the engines' names, importable from here too (``from jaxlin.train import fit``).
-_MOVED = {
-    "fit": "jaxlin.trainer",
-    "History": "jaxlin.trainer",
-    "EpochEnd": "jaxlin.trainer",
-    "TrainingDiverged": "jaxlin.trainer",
-    "ENGINES": "jaxlin.config",
-    "run_epochs": "jaxlin.engines.compiled",
-}
-
-
-def __getattr__(name: str):
-    """``jaxlin.train.fit`` and the names above, from the modules that define them."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module 'jaxlin.train' has no attribute {name!r}")

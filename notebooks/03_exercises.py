@@ -138,7 +138,7 @@ print(f"validation loss after one epoch: {stream_history.val_loss[-1]:.2e}")
 
 
 # %%
-def fresh_batches(key, batch_size, w=jaxlin.SEED_W, b=jaxlin.SEED_B):
+def fresh_batches(key, batch_size, w=jaxlin.TRUE_W, b=jaxlin.TRUE_B):
     """Endless minibatches of brand-new synthetic data: batch i from fold_in(key, i)."""
     for i in itertools.count():
         yield jaxlin.synthetic_data(jax.random.fold_in(key, i), w, b, batch_size)
@@ -162,7 +162,7 @@ print("first example of batches 0, 1, 2:", first)
 # %%
 def same_data(num_examples=1000):
     """The same synthetic data on every call: the key is fixed."""
-    return jaxlin.synthetic_data(jax.random.key(42), jaxlin.SEED_W, jaxlin.SEED_B, num_examples)
+    return jaxlin.synthetic_data(jax.random.key(42), jaxlin.TRUE_W, jaxlin.TRUE_B, num_examples)
 
 
 (Xa, ya), (Xb, yb) = same_data(), same_data()
@@ -579,7 +579,7 @@ plt.show()
 # run of steps that all pull `b` upwards, and training stops right there.
 
 # %%
-X_noisy, y_noisy = jaxlin.synthetic_data(key_more, jaxlin.SEED_W, jaxlin.SEED_B, 1000, noise=1.0)
+X_noisy, y_noisy = jaxlin.synthetic_data(key_more, jaxlin.TRUE_W, jaxlin.TRUE_B, 1000, noise=1.0)
 residual = (y_noisy - X_noisy @ data.w.reshape(-1, 1) - data.b).ravel()
 sorted_order = jnp.argsort(residual)  # the adversarial ordering
 adversarial = (X_noisy[sorted_order], y_noisy[sorted_order])

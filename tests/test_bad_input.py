@@ -17,6 +17,8 @@ import jaxlin
 from jaxlin.checkpoint import Checkpoint, fit_with_checkpoints, load_checkpoint, save_checkpoint
 from jaxlin.cli import main
 
+pytestmark = pytest.mark.slow
+
 KEY = jax.random.key(0)
 P2 = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}
 X4, Y4 = jnp.ones((4, 2)), jnp.ones(4)

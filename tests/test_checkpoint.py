@@ -16,6 +16,8 @@ from jaxlin.checkpoint import (
     save_checkpoint,
 )
 
+pytestmark = pytest.mark.slow
+
 
 class Stop(Exception):
     """Raised by a callback to interrupt a run after an epoch."""

@@ -11,6 +11,8 @@ import pytest
 
 from jaxlin.cli import main
 
+pytestmark = pytest.mark.slow
+
 SMALL = ["--num-train", "200", "--num-val", "50", "--no-cache"]
 
 

@@ -24,6 +24,8 @@ from jaxlin import checks
 from jaxlin.cli import main
 from jaxlin.parallel import fit_data_parallel
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 KEY = jax.random.key(0)
 P2 = {"w": jnp.zeros((2, 1)), "b": jnp.zeros(1)}

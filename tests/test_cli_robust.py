@@ -12,6 +12,8 @@ import pytest
 
 from jaxlin.cli import main
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--num-train", "64", "--num-val", "16", "--batch-size", "16", "--no-cache"]
 RESULT = ("w", "b", "train_loss", "val_loss", "w_error", "b_error")

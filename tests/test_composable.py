@@ -61,6 +61,7 @@ def test_jit_and_vmap_give_the_plain_calls_values(name, batch):
         _close(jax.tree.map(lambda a, i=i: a[i], mapped), plain[i])
 
 
+@pytest.mark.slow
 def test_make_train_is_fit_and_composes_with_jit_and_vmap(key):
     s = jaxlin.synthetic_splits(key, num_train=200, num_val=50)
     p = jaxlin.init_params(key, 2)
@@ -88,6 +89,7 @@ def test_make_train_is_fit_and_composes_with_jit_and_vmap(key):
         np.testing.assert_allclose(per_key[i], h.val_loss, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["scan", "affine"])
 def test_gradient_of_the_final_val_loss_wrt_lr_matches_finite_differences(key, engine):
     s = jaxlin.synthetic_splits(key, num_train=96, num_val=64)
@@ -112,6 +114,7 @@ def test_make_train_refuses_the_loop_engines_and_a_missing_key():
         train(jaxlin.init_params(jax.random.key(0), 2), (jnp.ones((4, 2)), jnp.ones(4)))
 
 
+@pytest.mark.slow
 def test_step_engine_compiles_nothing_that_grows_with_the_number_of_steps(key):
     """With its batch programs compiled, a step-engine epoch of 10 steps and one of
     100 compile the same programs: none (the losses are read, not stacked on the device)."""

@@ -113,14 +113,6 @@ def test_fit_accepts_a_jax_scalar_lr_and_refuses_to_be_traced(key):
             transform(lambda lr: jaxlin.fit(p, s.train, key=key, lr=lr)[0]["b"][0])(lrs)
 
 
-def test_old_import_paths_still_serve_the_moved_names():
-    from jaxlin import train
-
-    assert train.fit is jaxlin.fit and train.History is jaxlin.History
-    assert train.run_epochs is jaxlin.run_epochs and train.ENGINES == jaxlin.ENGINES
-    assert jaxlin.SEED_W == jaxlin.TRUE_W and jaxlin.SEED_B == jaxlin.TRUE_B
-
-
 def test_memory_is_the_containers_limit_where_lower(tmp_path, monkeypatch, request):
     """Sizes are checked against the process's cgroup limit (its own or a parent's, v2 or
     v1) when it is below the machine's memory; the files are read once, not per check."""

@@ -32,11 +32,11 @@ def test_same_key_same_data_other_key_other_data():
 
 def test_splits_are_one_draw_cut_in_order(key):
     s = jaxlin.synthetic_splits(key, num_train=30, num_val=20, num_test=10)
-    X, y = jaxlin.synthetic_data(key, jaxlin.SEED_W, jaxlin.SEED_B, 60)
+    X, y = jaxlin.synthetic_data(key, jaxlin.TRUE_W, jaxlin.TRUE_B, 60)
     np.testing.assert_array_equal(np.concatenate([s.train[0], s.val[0], s.test[0]]), X)
     np.testing.assert_array_equal(np.concatenate([s.train[1], s.val[1], s.test[1]]), y)
     assert jaxlin.synthetic_splits(key).test is None
-    np.testing.assert_allclose(s.w, jaxlin.SEED_W)
+    np.testing.assert_allclose(s.w, jaxlin.TRUE_W)
 
 
 def _indices_seen(X, batches):
@@ -45,6 +45,7 @@ def _indices_seen(X, batches):
     return [np.asarray(xb[:, 0]).astype(int) for xb, _ in batches]
 
 
+@pytest.mark.slow
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(1, 300), batch=st.integers(1, 64), seed=st.integers(0, 2**31 - 1))
 def test_every_example_exactly_once_and_last_batch_partial(n, batch, seed):

@@ -21,6 +21,8 @@ import pytest
 
 import jaxlin
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SET_UP_COMMANDS = ["pip install . && jaxlin train", 'pip install -e ".[test]" && pytest']
 

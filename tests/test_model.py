@@ -43,6 +43,7 @@ def test_linreg_is_xw_plus_b(key):
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 64), d=st.integers(1, 8), seed=st.integers(0, 2**31 - 1))
 def test_gradient_equals_analytic_gradient(n, d, seed):

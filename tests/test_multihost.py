@@ -10,8 +10,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 import jaxlin
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,6 +18,8 @@ import pytest
 import jaxlin
 from jaxlin import parallel
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 EIGHT_DEVICES = textwrap.dedent(

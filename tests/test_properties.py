@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from jaxlin.shuffle import epoch_key
 seeds = st.integers(0, 2**31 - 1)
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(n=st.integers(1, 48), batch=st.integers(1, 48), seed=seeds, shuffle=st.booleans())
 def test_compiled_engine_uses_every_example_exactly_once_per_epoch(n, batch, seed, shuffle):
@@ -50,6 +52,7 @@ def test_compiled_engine_uses_every_example_exactly_once_per_epoch(n, batch, see
     seed=seeds,
     engine=st.sampled_from(["scan", "step"]),
 )
+@pytest.mark.slow
 def test_fit_never_returns_non_finite_params_without_raising(
     n, d, batch, log_lr, log_scale, seed, engine
 ):
@@ -67,6 +70,7 @@ def test_fit_never_returns_non_finite_params_without_raising(
     assert np.isfinite(hist.train_loss).all()
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(n=st.integers(1, 80), d=st.integers(1, 3), batch=st.integers(1, 80), seed=seeds)
 def test_same_key_same_result_bit_for_bit(n, d, batch, seed):

@@ -12,6 +12,7 @@ from jaxlin import shuffle
 SIZES = [1, 2, 3, 5, 7, 8, 16, 31, 64, 97, 128, 1000, 1024, 4099, 65536, 65537, 100003, 2**20 + 1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", SIZES)
 def test_permutation_is_a_bijection(n, key):
     perm = np.asarray(shuffle.permutation(key, n))
@@ -19,6 +20,7 @@ def test_permutation_is_a_bijection(n, key):
     np.testing.assert_array_equal(np.sort(perm), np.arange(n))
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(1, 5000), seed=st.integers(0, 2**31 - 1))
 def test_bijection_for_random_sizes_and_keys(n, seed):
@@ -26,6 +28,7 @@ def test_bijection_for_random_sizes_and_keys(n, seed):
     np.testing.assert_array_equal(np.sort(perm), np.arange(n))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [10, 97, 1000, 1001])
 def test_elementwise_form_agrees_with_full_permutation(n, key):
     positions = jnp.arange(n).reshape(1, n)  # a 2-D batch of positions, any shape works
@@ -37,6 +40,7 @@ def test_elementwise_form_agrees_with_full_permutation(n, key):
     )
 
 
+@pytest.mark.slow
 def test_feistel_inverse_undoes_the_network(key):
     a, b = 37, 41
     rk = shuffle._round_keys(key, a * b)
@@ -60,6 +64,7 @@ def _chi2_bound(dof: int) -> float:
     return dof * (1 - 2 / (9 * dof) + z * np.sqrt(2 / (9 * dof))) ** 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [3, 5, 10, 33])
 def test_positions_are_uniform_over_keys(n):
     """Over many keys, index i lands in each position j about equally often."""
@@ -105,11 +110,13 @@ def test_bad_sizes_are_refused(key):
     [(1, 64, 4), (63, 64, 4), (64, 64, 4), (1000, 8, 5), (1003, 8, 5), (4096, 16, 16),
      (777, 1, 10), (5000, 64, 3), (65536 + 13, 64, 1024)],
 )  # fmt: skip
+@pytest.mark.slow
 def test_run_order_is_a_bijection(n, run, per_block, key):
     perm = np.asarray(shuffle.permute_runs(key, np.arange(n), n, run, per_block))
     np.testing.assert_array_equal(np.sort(perm), np.arange(n))
 
 
+@pytest.mark.slow
 def test_run_order_reads_stretches_and_mixes_runs_in_each_batch(key):
     """A block of G runs is G contiguous stretches on disk; a batch of B <= G has B runs."""
     n, run, G = 20_000, 16, 64

@@ -18,6 +18,8 @@ from sklearn.utils.estimator_checks import estimator_checks_generator
 import jaxlin
 from jaxlin.sklearn import SGDLinearRegression
 
+pytestmark = pytest.mark.slow
+
 # Every check passes; a check that cannot would be listed here with its reason.
 EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 

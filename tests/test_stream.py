@@ -19,6 +19,8 @@ from jaxlin.stream import format as fmt
 from jaxlin.stream import reader as reader_module
 from jaxlin.stream import train as stream_train
 
+pytestmark = pytest.mark.slow
+
 
 def load_all(ds):
     X = np.concatenate([np.load(s.X) for s in ds.shards])

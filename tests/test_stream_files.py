@@ -14,6 +14,8 @@ from jaxlin import stream
 from jaxlin.cli import main
 from jaxlin.stream import format as fmt
 
+pytestmark = pytest.mark.slow
+
 N, D = 30, 3  # the small dataset every test copies: 2 shards of 15 rows
 
 

@@ -12,6 +12,8 @@ import jaxlin
 from jaxlin.cli import main
 from jaxlin.cli.sweep import lr_range
 
+pytestmark = pytest.mark.slow
+
 LRS = [0.01, 0.05, 0.2]
 
 

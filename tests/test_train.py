@@ -60,6 +60,7 @@ def test_fit_in_order_matches_optax_loop(problem, engine):
         np.testing.assert_allclose(got[k], p[k], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_engines_agree_on_shuffled_batches(problem, key):
     s, params = problem
     runs = {
@@ -217,6 +218,7 @@ def test_bad_input_is_refused_with_a_named_argument(overrides, match):
         _bad(**overrides)()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["scan", "affine", "step"])
 def test_start_epoch_continues_the_same_run(problem, key, engine):
     """Epochs 0-1, then epochs 2-3 from their params: the run of epochs 0-3, bit for bit."""
@@ -233,6 +235,7 @@ def test_start_epoch_continues_the_same_run(problem, key, engine):
     np.testing.assert_array_equal(ends[3].train_loss, hist.train_loss[3])
 
 
+@pytest.mark.slow
 def test_affine_engine_matches_steps_over_many_small_batches(key):
     """715 steps a epoch with a partial last batch: composed maps == sequential steps."""
     kd, kp, ks = jax.random.split(key, 3)
@@ -269,6 +272,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_full_batch_shuffled_epochs_compile_for_power_of_two_sizes():
     # Regression: on jax 0.12, XLA's index simplifier took time exponential in the
     # Feistel rounds when the permutation fed one full-batch gather and n's domain

@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 import jaxlin
 from jaxlin.engines.trajectory import flatten
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def problem(key):

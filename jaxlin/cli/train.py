@@ -25,6 +25,7 @@ from jaxlin.cli.common import (
     memory,
     seed,
 )
+from jaxlin.config import ENGINES  # jaxlin (and JAX) are loaded before jaxlin.cli
 
 CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
 
@@ -79,9 +80,7 @@ def add_parser(sub) -> None:
         "--sigma", type=float, default=0.01,
         help="std of the initial weights (default: %(default)s)",
     )  # fmt: skip
-    t.add_argument(
-        "--engine", choices=("scan", "affine", "step", "eager"), default="scan", help=ENGINE_HELP
-    )
+    t.add_argument("--engine", choices=ENGINES, default="scan", help=ENGINE_HELP)
     t.add_argument("--plot", type=Path, default=None, help="write the loss curves (PNG)")
     t.add_argument(
         "--plot-trajectory", type=Path, default=None, metavar="FILE",

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlin.config import TrainConfig
+from jaxlin.config import KEY_REQUIRED, TrainConfig
 from jaxlin.data import split_batches
 from jaxlin.engines import compiler
 from jaxlin.engines.affine import affine_epoch
@@ -199,7 +199,7 @@ def make_train(config: TrainConfig) -> Callable:
             val = (val[0], val[1].reshape(-1, 1))
         if key is None:
             if config.shuffle:
-                raise ValueError("key is required when shuffle=True: pass key=jax.random.key(seed)")
+                raise ValueError(KEY_REQUIRED)
             key = jax.random.key(0)  # unused: batches are read in order
         lr = config.lr if lr is None else lr
 

@@ -82,9 +82,8 @@ def trajectory(
       (97, 3)
     """
     config = configs.make_config(config, **overrides)
-    _, (X, y), _, _ = configs.training_data(params, train, None, config)
-    key = configs.shuffle_key(config, key)
-    run_key = jax.random.key(0) if key is None else key  # unused without shuffling
+    (X, y), _, key = configs.checked_run("jaxlin.trajectory", params, train, None, config, key)
+    run_key = configs.placeholder_key() if key is None else key  # unused without shuffling
     return _jit_record(
         params, X, y, run_key, config.lr, config.clip,
         batch_size=config.batch_size, shuffle=config.shuffle, epochs=config.max_epochs,

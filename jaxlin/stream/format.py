@@ -37,6 +37,7 @@ import numpy as np
 
 from jaxlin import checks
 from jaxlin.data import TRUE_B, TRUE_W, synthetic_data
+from jaxlin.files import fsync_folder
 
 MANIFEST = "manifest.json"
 FORMAT = "jaxlin-shards/1"
@@ -421,15 +422,6 @@ def _split(n: int, parts: int) -> list[int]:
     return [n // parts + (i < n % parts) for i in range(parts)]
 
 
-def _size(num_bytes: float) -> str:
-    """``num_bytes`` in a binary unit, e.g. ``'7.5 GiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if num_bytes < 1024 or unit == "TiB":
-            return f"{num_bytes:.3g} {unit}"
-        num_bytes /= 1024
-    raise AssertionError  # unreachable
-
-
 def _true_w(w, d: int | None) -> tuple[np.ndarray | None, int]:
     """``w`` as finite float64 ``(d,)`` (or ``None``) and ``d``; they must agree."""
     if w is None:
@@ -508,8 +500,8 @@ def _check_sizes(out: Path, target: Path, n: int, d: int, chunk: int, dtype: np.
     free = shutil.disk_usage(parent).free
     if need > free:
         raise ValueError(
-            f"out_dir {out}: the dataset needs {_size(need)} on disk, "
-            f"but {parent} has {_size(free)} free"
+            f"out_dir {out}: the dataset needs {checks.size_text(need)} on disk, "
+            f"but {parent} has {checks.size_text(free)} free"
         )
 
 
@@ -554,15 +546,6 @@ def _write_shards(
     return names
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a folder's new entries (files written, renames) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _swap_in(new: Path, target: Path) -> None:
     """Rename the complete ``new`` folder to ``target``; an old ``target`` is removed after.
 
@@ -571,7 +554,7 @@ def _swap_in(new: Path, target: Path) -> None:
     """
     if not target.exists():
         os.rename(new, target)
-        _fsync_dir(target.parent)
+        fsync_folder(target.parent)
         return
     os.chmod(new, stat.S_IMODE(target.stat().st_mode))
     old = target.parent / f".{target.name}.jaxlin-old-{secrets.token_hex(4)}"
@@ -581,7 +564,7 @@ def _swap_in(new: Path, target: Path) -> None:
     except BaseException:
         os.rename(old, target)
         raise
-    _fsync_dir(target.parent)
+    fsync_folder(target.parent)
     entries = os.listdir(old)
     for name in _dataset_files(old, entries):
         (old / name).unlink()
@@ -685,7 +668,7 @@ def generate_shards(
             f.write(json.dumps(manifest, indent=1))
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(new)
+        fsync_folder(new)
         _check_out_dir(out, target, overwrite)  # what is there is still only a dataset
         _swap_in(new, target)
     except BaseException:
