@@ -333,3 +333,25 @@ def test_divergence_is_named_alike_by_every_engine(engine, per_epoch):
     assert _divergence(engine, callback, **loss) == reference
     params = dict(lr=3e38, max_epochs=1, batch_size=64)  # one step: its loss is finite
     assert "the parameters became non-finite in epoch 1" in _divergence(engine, callback, **params)
+
+
+def test_stored_programs_are_bounded_and_only_their_own_files_are_removed(tmp_path, monkeypatch):
+    """The command line's program store keeps its most recent programs (a bounded number)
+    and removes nothing else from its folder; a stored program gives what jax.jit does."""
+    from jaxlin.engines import compiler
+
+    monkeypatch.setattr(compiler.ProgramStore, "MAX_PROGRAMS", 2)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("not a program")
+    programs = [compiler.jit(lambda x, k=k: x * 2.0 + k, store_as=(k,)) for k in range(3)]
+    x = jnp.arange(4.0)
+    compiler.store_programs(tmp_path)
+    try:
+        for k, program in enumerate(programs):
+            np.testing.assert_array_equal(program(x), x * 2.0 + k)
+        assert len(list(tmp_path.glob("*.jaxlin-program"))) == 2
+        assert mine.read_text() == "not a program"
+        fresh = compiler.jit(programs[2].fun, store_as=(2,))  # loads the stored file
+        np.testing.assert_array_equal(fresh(x), x * 2.0 + 2)
+    finally:
+        compiler.store_programs(None)

@@ -91,6 +91,7 @@ class jit:  # lower case: used like jax.jit
 
 
 _STORE: list = []  # the ProgramStore in use, if any (store_programs)
+SUFFIX = ".jaxlin-program"  # a stored program's file name ends so, and no other file's
 
 
 def store_programs(folder: Path | None) -> None:
@@ -113,7 +114,13 @@ def store_programs(folder: Path | None) -> None:
 
 
 class ProgramStore:
-    """Compiled executables on disk, one file per program and argument signature."""
+    """Compiled executables on disk, one file per program and argument signature.
+
+    At most ``MAX_PROGRAMS`` files are kept: storing one more removes the
+    least recently used of this store's own files (``*.jaxlin-program``).
+    """
+
+    MAX_PROGRAMS = 64  # a few hundred KB each
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -121,7 +128,7 @@ class ProgramStore:
     def path(self, program: jit, signature: tuple) -> Path:
         """The file of ``program`` compiled for arguments of ``signature``."""
         name = hashlib.sha256(repr((_context(), program.store_as, signature)).encode()).hexdigest()
-        return self.folder / f"{name[:32]}.jaxlin-program"
+        return self.folder / f"{name[:32]}{SUFFIX}"
 
     def run(self, program: jit, signature: tuple, args: tuple) -> tuple:
         """``(executable, its outputs on args)``: the stored executable, if it loads and
@@ -132,7 +139,10 @@ class ProgramStore:
         if path.exists():
             try:
                 executable = serial.deserialize_and_load(*pickle.loads(path.read_bytes()))
-                return executable, jax.block_until_ready(executable(*args))
+                out = jax.block_until_ready(executable(*args))
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # used now: the last to be removed
+                return executable, out
             except Exception:  # from another version, damaged: compiled and stored again
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -145,11 +155,22 @@ class ProgramStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
             os.replace(tmp, path)  # whole or absent: never a torn file
+            self.trim()
         except Exception:  # a cache: a program that cannot be stored is compiled next time
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
         return compiled, compiled(*args)
+
+    def trim(self) -> None:
+        """Remove the least recently used programs beyond ``MAX_PROGRAMS``."""
+        stored = []
+        for path in self.folder.glob(f"*{SUFFIX}"):
+            with contextlib.suppress(OSError):
+                stored.append((path.stat().st_mtime, path))
+        for _, path in sorted(stored)[: max(0, len(stored) - self.MAX_PROGRAMS)]:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 @functools.cache
