@@ -1,6 +1,6 @@
 """Start-up and driver cost: the first result of a fresh process, and `fit` against its program.
 
-    python benchmarks/bench_startup.py              # 7 rounds of processes, 41 of calls
+    python benchmarks/bench_startup.py              # 7 rounds of processes, 201 of calls
     python benchmarks/bench_startup.py --rounds 3   # quicker
 
 Three measurements, each alternated in one run so that the machine's state
@@ -153,7 +153,7 @@ def driver(rounds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="rounds of whole processes")
-    parser.add_argument("--calls", type=int, default=41, help="alternated warm calls")
+    parser.add_argument("--calls", type=int, default=201, help="alternated warm calls")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON")
     args = parser.parse_args()
     import jax
