@@ -2,6 +2,7 @@
 
 import os as _os
 import sys as _sys
+import types as _types
 
 
 def _started_as_command() -> bool:
@@ -66,10 +67,31 @@ def __getattr__(name: str):
     if name in _HOME:
         import importlib
 
-        value = getattr(importlib.import_module(_HOME[name]), name)
-        globals()[name] = value  # found here from now on, without this function
-        return value
+        module = importlib.import_module(_HOME[name])
+        for public in _LAZY[_HOME[name]]:  # all of them: found here from now on
+            globals()[public] = getattr(module, public)
+        return globals()[name]
+    if name in _SUBMODULES:  # jaxlin.checkpoint.load_checkpoint, as an attribute path
+        import importlib
+
+        return importlib.import_module(f"jaxlin.{name}")
     raise AttributeError(f"module 'jaxlin' has no attribute {name!r}")
+
+
+_SUBMODULES = ("checkpoint", "plot")  # imported on first use, like the names they define
+
+
+class _Package(_types.ModuleType):
+    """``jaxlin`` itself: ``import jaxlin.sweep`` binds the module, but ``jaxlin.sweep``
+    stays the function of that name (the module is ``sys.modules["jaxlin.sweep"]``)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, _types.ModuleType) and _HOME.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

@@ -135,7 +135,8 @@ KEY_REQUIRED = "key is required when shuffle=True: pass key=jax.random.key(seed)
 @functools.cache
 def placeholder_key() -> jax.Array:
     """The key a compiled run takes when it does not shuffle (made once; never read)."""
-    return jax.random.key(0)
+    with jax.ensure_compile_time_eval():  # a concrete key even if called inside a trace
+        return jax.random.key(0)
 
 
 def check_batch_size(config: TrainConfig, num_examples: int) -> None:
@@ -213,6 +214,8 @@ def _arrays(params, train, val, key, config) -> tuple | None:
     usual containers (a tracer is never remembered: it is refused before anything is)."""
     if type(params) is not dict or len(params) != 2 or type(train) is not tuple:
         return None
+    if len(train) != 2 or not (val is None or (type(val) is tuple and len(val) == 2)):
+        return None  # refused by the checks
     if val is None:
         objects = (params.get("w"), params.get("b"), *train, key, config)
     elif type(val) is tuple:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -195,3 +196,21 @@ def test_a_second_run_loads_its_programs_and_gives_the_same_result(tmp_path):
     stored[0].write_bytes(b"not a program")
     assert train(*cache)[0] == reference
     assert train(*cache) == (reference, 0)
+
+
+def test_closed_output_streams_and_a_later_run_without_the_cache(tmp_path):
+    """The command exits with its own status when started with stdout or stderr closed, and
+    a run with --no-cache after one with a cache (in one process) writes nothing there."""
+    for closed in (">&-", "2>&-"):
+        proc = subprocess.run(
+            f"{shlex.quote(sys.executable)} -m jaxlin train {' '.join(SMALL)} --quiet {closed}",
+            shell=True, capture_output=closed == "2>&-", timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0
+    cache = tmp_path / "cache"
+    assert main(["train", "--num-train", "64", "--num-val", "16", "--quiet", "--cache-dir",
+                 str(cache)]) == 0  # fmt: skip
+    stored = sorted((cache / "programs").iterdir())
+    assert stored
+    assert main(["train", "--num-train", "80", "--num-val", "16", "--quiet", "--no-cache"]) == 0
+    assert sorted((cache / "programs").iterdir()) == stored

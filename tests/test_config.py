@@ -195,7 +195,10 @@ late = ("jaxlin.checkpoint", "jaxlin.sweep", "jaxlin.plot", "jaxlin.engines.traj
 assert not [m for m in late if m in sys.modules], [m for m in late if m in sys.modules]
 assert set(jaxlin.__all__) <= set(dir(jaxlin))
 assert jaxlin.save_checkpoint.__module__ == "jaxlin.checkpoint"
-assert jaxlin.sweep.__module__ == "jaxlin.sweep" and "jaxlin.sweep" in sys.modules
+from jaxlin import select, sweep  # the module's other names first: sweep is the function
+assert callable(sweep) and jaxlin.sweep is sweep and "jaxlin.sweep" in sys.modules
+import jaxlin.sweep
+assert jaxlin.sweep is sweep and jaxlin.checkpoint.load_checkpoint is jaxlin.load_checkpoint
 for name in jaxlin.__all__:
     if name != "SGDLinearRegression" or __import__("importlib").util.find_spec("sklearn"):
         getattr(jaxlin, name)
@@ -204,3 +207,17 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_fit_refused_inside_a_trace_leaves_later_fits_working(key):
+    """fit called inside jax.jit (on closed-over arrays) fails, and caches nothing traced:
+    the fits after it, with and without shuffling, run as before."""
+    s = jaxlin.synthetic_splits(key, num_train=32, num_val=8)
+    p0 = jaxlin.init_params(key, 2)
+    kw = dict(max_epochs=1, shuffle=False, lr=0.0123)
+    with pytest.raises((TypeError, ValueError)):
+        jax.jit(lambda: jaxlin.fit(p0, s.train, s.val, **kw)[0]["b"])()
+    for engine in ("scan", "affine"):
+        params, _ = jaxlin.fit(p0, s.train, s.val, engine=engine, **kw)
+        reference, _ = jaxlin.fit(p0, s.train, s.val, engine="step", **kw)
+        np.testing.assert_allclose(params["w"], reference["w"], rtol=1e-5)

@@ -214,10 +214,12 @@ def entry() -> NoReturn:
         if exit.code is not None and not isinstance(exit.code, int):
             print(exit.code, file=sys.stderr)
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the stream closed (>&-)
+            continue
         try:
             stream.flush()
-        except (BrokenPipeError, ValueError):  # the reader left, or the stream is closed
-            pass
+        except (OSError, ValueError):  # the reader left, a full disk, a closed stream
+            status = status or 1
     logging.shutdown()
     os._exit(status)
 

@@ -175,14 +175,15 @@ def configure_jax(args, *, store: bool = False) -> None:
                 "--device gpu: no GPU backend here (needs an NVIDIA GPU and "
                 "pip install 'jaxlin[cuda]'); use --device cpu"
             ) from err
+    from jaxlin.engines import compiler
+
+    use_store = store and not args.no_cache  # loaded, not traced, next time
+    compiler.store_programs(args.cache_dir / PROGRAMS if use_store else None)
     if args.no_cache:
         return
     args.cache_dir.mkdir(parents=True, exist_ok=True)
-    if store:
-        from jaxlin.engines import compiler
-
-        compiler.store_programs(args.cache_dir / PROGRAMS)  # loaded, not traced, next time
-    else:
+    if not use_store:  # JAX's own persistent compilation cache
+        jax.config.update("jax_enable_compilation_cache", True)
         jax.config.update("jax_compilation_cache_dir", str(args.cache_dir))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -214,7 +214,6 @@ def make_train(config: TrainConfig) -> Callable:
     return train
 
 
-@functools.lru_cache(maxsize=256, typed=True)
 def device_scalar(value: float | int, dtype) -> jax.Array:
     """``value`` as a 0-d ``dtype`` array on the default device, made once per value.
 
@@ -222,7 +221,14 @@ def device_scalar(value: float | int, dtype) -> jax.Array:
     array on every call; the drivers pass these instead (same values, same
     program for every lr and epoch).
     """
-    return jax.device_put(np.asarray(value, dtype))
+    return _device_scalar(value, np.dtype(dtype), jax.config.jax_enable_x64)
+
+
+@functools.lru_cache(maxsize=256, typed=True)
+def _device_scalar(value, dtype: np.dtype, x64: bool) -> jax.Array:
+    del x64  # a key: without x64, a float64 request is made float32
+    with jax.ensure_compile_time_eval():  # a concrete array even if called inside a trace
+        return jax.device_put(np.asarray(value, dtype))
 
 
 @functools.cache

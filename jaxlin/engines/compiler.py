@@ -24,7 +24,9 @@ import functools
 import hashlib
 import os
 import pickle
+import platform
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -105,11 +107,12 @@ def store_programs(folder: Path | None) -> None:
     run is compiled and stored again. The folder is the user's own cache: an
     executable file is loaded as it is, so nobody else should write there.
 
-    JAX's own persistent compilation cache must be off for these programs: an
-    executable it loaded does not serialize whole on every XLA version.
+    JAX's own persistent compilation cache is turned off while the store is
+    on: an executable it loaded does not serialize whole on every XLA version.
     """
     _STORE.clear()
     if folder is not None:
+        jax.config.update("jax_enable_compilation_cache", False)
         _STORE.append(ProgramStore(Path(folder)))
 
 
@@ -163,7 +166,12 @@ class ProgramStore:
         return compiled, compiled(*args)
 
     def trim(self) -> None:
-        """Remove the least recently used programs beyond ``MAX_PROGRAMS``."""
+        """Remove the least recently used programs beyond ``MAX_PROGRAMS``, and this store's
+        temporary files that a killed process left (older than an hour)."""
+        for path in self.folder.glob(f".*{SUFFIX}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < time.time() - 3600:
+                    path.unlink()
         stored = []
         for path in self.folder.glob(f"*{SUFFIX}"):
             with contextlib.suppress(OSError):
@@ -175,7 +183,8 @@ class ProgramStore:
 
 @functools.cache
 def _context() -> tuple:
-    """What makes an executable besides the program: jaxlin's source, JAX, the device."""
+    """What makes an executable besides the program: jaxlin's source, JAX and its settings
+    (x64, the PRNG, precision...), XLA's flags, the device and the processor."""
     import jaxlib
 
     source = hashlib.sha256()
@@ -183,10 +192,21 @@ def _context() -> tuple:
     for path in sorted(root.rglob("*.py")):
         source.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     device = jax.devices()[0]
+    settings = sorted((k, repr(v)) for k, v in jax.config.values.items() if "cache" not in k)
     return (
-        source.hexdigest(), jax.__version__, jaxlib.__version__, device.platform,
-        device.device_kind, jax.device_count(), jax.config.jax_enable_x64, FAST_COMPILE,
+        source.hexdigest(), jax.__version__, jaxlib.__version__, settings,
+        os.environ.get("XLA_FLAGS", ""), device.platform, device.device_kind,
+        jax.device_count(), FAST_COMPILE, platform.machine(), _cpu_flags(),
     )  # fmt: skip
+
+
+def _cpu_flags() -> str:
+    """The processor's features (Linux): an executable may use any of them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
 
 
 def _signature(args: tuple) -> tuple:
@@ -202,4 +222,6 @@ def _aval(leaf) -> tuple:
     weak = getattr(leaf, "weak_type", None)  # a ShapeDtypeStruct's
     if weak is None:
         weak = getattr(getattr(leaf, "aval", None), "weak_type", False)
-    return tuple(leaf.shape), str(leaf.dtype), bool(weak)
+    committed = getattr(leaf, "committed", False)  # placed by the user: on that device
+    where = str(leaf.sharding) if committed else None
+    return tuple(leaf.shape), str(leaf.dtype), bool(weak), where
