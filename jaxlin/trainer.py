@@ -220,35 +220,3 @@ def _rates(config: TrainConfig, dtype) -> tuple:
     """``lr`` and the clip norm (or ``None``) as the program takes them: device scalars."""
     clip = config.clip
     return device_scalar(config.lr, dtype), None if clip is None else device_scalar(clip, dtype)
-
-
-def compile_fit(
-    config: TrainConfig,
-    *,
-    num_train: int,
-    num_features: int,
-    num_val: int = 0,
-    dtype: str = "float32",
-    per_epoch: bool = False,
-) -> None:
-    """Compile, ahead of the data, the program ``fit`` will run on data of these sizes.
-
-    For a program that makes its data first (the command line): called in a
-    thread while the data are drawn, the two compiles overlap, and ``fit``
-    then finds its program compiled. ``per_epoch``: ``fit`` will be given a
-    callback (one compiled call per epoch). Compiled engines only.
-    """
-    if config.engine not in ("scan", "affine"):
-        raise ValueError(f"compile_fit compiles the scan and affine engines, got {config.engine!r}")
-    spec, f = jax.ShapeDtypeStruct, np.dtype(dtype)
-    params = {"w": spec((num_features, 1), f), "b": spec((1,), f)}
-    data = spec((num_train, num_features), f), spec((num_train, 1), f)
-    val = (spec((num_val, num_features), f), spec((num_val, 1), f)) if num_val else None
-    key = jax.eval_shape(jax.random.key, 0)
-    clip = None if config.clip is None else spec((), f)
-    specs = (params, *data, val, key, spec((), np.int32), spec((), f), clip)
-    program = _program(config, 1 if per_epoch else config.max_epochs)
-    if hasattr(program, "compile_ahead"):  # a stored program: compiled unless stored
-        program.compile_ahead(*specs)
-    else:
-        program.lower(*specs).compile()

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import math
 import os
 import shlex
-import threading
 import time
 from pathlib import Path
 
@@ -284,10 +282,7 @@ def run(args) -> dict:
     per_epoch = (
         not args.quiet or args.checkpoint_dir is not None or args.engine in ("step", "eager")
     )
-    compiling = compile_ahead(args, per_epoch) if mesh is None else None
     data, params, key_shuffle = setup(args)
-    if compiling is not None:
-        compiling.join()
     initial = params
     interrupt.check("interrupted before training started; nothing saved")
     if args.checkpoint_dir is not None:  # what a second Ctrl-C, which exits at once, leaves
@@ -397,33 +392,6 @@ def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
         written.append(str(args.plot))
         interrupt.saved = f"{', '.join(written)} written"
     return written
-
-
-def compile_ahead(args, per_epoch: bool) -> threading.Thread | None:
-    """A thread that compiles the training program while ``setup`` draws the data.
-
-    The two compiles overlap; ``fit`` then finds its program compiled. Any
-    error is left for ``fit`` itself to raise, in its own words.
-    """
-    if args.engine not in ("scan", "affine"):
-        return None
-    from jaxlin.config import make_config
-    from jaxlin.trainer import compile_fit
-
-    def run() -> None:
-        with contextlib.suppress(Exception):
-            config = make_config(
-                lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
-                gradient_clip_val=args.clip, engine=args.engine,
-            )  # fmt: skip
-            compile_fit(
-                config, num_train=args.num_train, num_features=len(args.w), num_val=args.num_val,
-                dtype="float64" if args.x64 else "float32", per_epoch=per_epoch,
-            )  # fmt: skip
-
-    thread = threading.Thread(target=run, name="jaxlin-compile", daemon=True)
-    thread.start()
-    return thread
 
 
 def setup(args):

@@ -84,13 +84,6 @@ class jit:  # lower case: used like jax.jit
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
 
-    def compile_ahead(self, *specs) -> None:
-        """Compile for arguments shaped as ``specs`` (``jax.ShapeDtypeStruct``), unless
-        the program is stored for them already: its first call then runs at once."""
-        if self.store_as and _STORE and _STORE[0].path(self, _signature(specs)).exists():
-            return
-        self.jitted.lower(*specs).compile()
-
 
 _STORE: list = []  # the ProgramStore in use, if any (store_programs)
 SUFFIX = ".jaxlin-program"  # a stored program's file name ends so, and no other file's
