@@ -73,14 +73,22 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [*lines, ""]
 
 
+def made_by(script: str, path: Path, data: dict, dates: Dates) -> str:
+    """Which script made ``path``, when, and on what machine and versions."""
+    env = data["env"]
+    return (
+        f"Made by `python benchmarks/{script}` on {dates(path, data)}: "
+        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, backend {env['backend']}; "
+        f"Python {env.get('python', '?')}, jax {env['jax']}, jaxlib {env['jaxlib']}"
+    )
+
+
 def bench_section(path: Path, dates: Dates) -> list[str]:
     data = json.loads(path.read_text())
     env = data["env"]
     out = [f"## Engines (`{rel(path)}`)", ""]
     out += [
-        f"Made by `python benchmarks/bench.py` on {dates(path, data)}: "
-        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, backend {env['backend']}; "
-        f"Python {env.get('python', '?')}, jax {env['jax']}, jaxlib {env['jaxlib']}"
+        made_by("bench.py", path, data, dates)
         + (f", torch {env['torch']}" if env.get("torch") else "")
         + ". Memory read bandwidth measured in the same run: "
         f"{data['bandwidth_gbps']:.3g} GB/s with every core (a jitted sum), "
@@ -162,12 +170,9 @@ def bench_section(path: Path, dates: Dates) -> list[str]:
 
 def startup_section(path: Path, dates: Dates) -> list[str]:
     data = json.loads(path.read_text())
-    env = data["env"]
     out = [f"## Start-up (`{rel(path)}`)", ""]
     out += [
-        f"Made by `python benchmarks/bench_startup.py` on {dates(path, data)}: "
-        f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, backend {env['backend']}; "
-        f"Python {env.get('python', '?')}, jax {env['jax']}, jaxlib {env['jaxlib']}.",
+        made_by("bench_startup.py", path, data, dates) + ".",
         "",
         "The lecture's run as whole processes, taking turns in one run (medians): "
         "`jaxlin train --quiet` on a machine that never ran it (`--no-cache`), the same "

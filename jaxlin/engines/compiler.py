@@ -209,12 +209,10 @@ def _signature(args: tuple) -> tuple:
 
 
 def _aval(leaf) -> tuple:
-    """What a compiled program accepts of one argument (a ShapeDtypeStruct says the same)."""
+    """What a compiled program accepts of one argument: shape, dtype, weak type, placement."""
     if isinstance(leaf, (bool, int, float, complex)):  # a Python number: weakly typed
         return (type(leaf).__name__,)
-    weak = getattr(leaf, "weak_type", None)  # a ShapeDtypeStruct's
-    if weak is None:
-        weak = getattr(getattr(leaf, "aval", None), "weak_type", False)
+    weak = getattr(getattr(leaf, "aval", None), "weak_type", False)
     committed = getattr(leaf, "committed", False)  # placed by the user: on that device
     where = str(leaf.sharding) if committed else None
     return tuple(leaf.shape), str(leaf.dtype), bool(weak), where
