@@ -8,15 +8,16 @@ which run it is. ``fit`` already continues a run exactly from ``start_epoch``
 values on disk, and ``fit_with_checkpoints`` writes one from ``fit``'s
 epoch-end callback.
 
-Format (version 2): two files per folder.
+Format (version 3): two files per folder.
 
 - ``checkpoint.npz`` (``numpy.savez``, loaded with ``allow_pickle=False``):
   ``w``, ``b``, the key's data and a JSON ``meta`` entry with the format, the
-  epoch counter, the config, and a pointer into the history: its file name,
-  steps per epoch, dtype and the CRC-32 of its first ``epoch`` rows. It is
-  small and replaced whole by one atomic rename.
-- ``history.<id>.bin``: one row per epoch (the epoch's batch losses, then its
-  validation loss), little-endian, appended once per epoch.
+  epoch counter, the run's identity (``run``), and a pointer into the history:
+  its file name, steps per epoch, dtype and the CRC-32 of its first ``epoch``
+  rows. It is small and replaced whole by one atomic rename.
+- ``history.<id>.bin``: the 16 bytes of ``HISTORY_MAGIC``, then one row per
+  epoch (the epoch's batch losses, then its validation loss), little-endian,
+  appended once per epoch.
 
 An epoch's save appends one row, then renames a new ``checkpoint.npz`` in
 place, so the bytes written per epoch do not depend on how many epochs ran.
@@ -24,7 +25,10 @@ A crash between the two leaves rows past the checkpoint's epoch: reading
 ignores them and resuming cuts them off. A run holds an advisory lock on its
 folder (``flock``, where the OS has it); files a killed writer left behind
 (temporary files, a history file no checkpoint points to) are removed by the
-next save or load that finds the folder unlocked.
+next save or load that finds the folder unlocked. Only jaxlin's own files are
+ever removed: a temporary file's name ends in ``.jaxlin-tmp``, and a history
+file is one only when its name has the form ``history.<8 characters>.bin``
+*and* its bytes begin with ``HISTORY_MAGIC``; any other file is left alone.
 
 Reading checks the whole structure (arrays present, shapes, dtypes, finite
 values, the format, the meta fields' types, the history's length and CRC
@@ -53,7 +57,8 @@ from jax.typing import ArrayLike
 
 from jaxlin import checks
 from jaxlin import config as configs
-from jaxlin.files import fsync_folder
+from jaxlin.config import TrainConfig
+from jaxlin.files import atomic_write, temporary_pattern
 from jaxlin.model import Params
 from jaxlin.trainer import EpochEnd, History, fit
 
@@ -63,21 +68,23 @@ except ImportError:  # pragma: no cover - Windows: no lock, cleaning is up to th
     fcntl = None
 
 FILENAME = "checkpoint.npz"
-FORMAT_VERSION = 2
-HISTORY_PATTERN = re.compile(r"history\.[A-Za-z0-9_]{1,64}\.bin")  # names of history files
-_TEMPORARY = re.compile(rf"\.{re.escape(FILENAME)}\..+\.tmp")  # atomic_write's files
+FORMAT_VERSION = 3
+HISTORY_PATTERN = re.compile(r"history\.[a-z0-9_]{8}\.bin")  # names of history files
+HISTORY_MAGIC = b"jaxlin history\x00\x03"  # the first bytes of every history file
+_TEMPORARY = temporary_pattern(FILENAME)  # atomic_write's files for the checkpoint
 _LOSS_DTYPES = ("float32", "float64")
+_MAX_ARRAY_BYTES = {"meta": 1 << 20, "b": 1 << 10, "key": 1 << 10}  # "w": the memory
 _LOCK_WAIT_S = 2.0  # a reader holds the folder's lock for one read; a writer for its run
 
 # meta's fields and their JSON types (bool is not an int here).
 _META = {
-    "format": int, "epoch": int, "config": dict, "key_impl": (str, type(None)), "has_val": bool,
+    "format": int, "epoch": int, "run": dict, "key_impl": (str, type(None)), "has_val": bool,
     "history": str, "steps": int, "loss_dtype": str, "history_crc32": int,
 }  # fmt: skip
-# The config fields fit_with_checkpoints writes, and their JSON types.
+# The run fields fit_with_checkpoints writes, and their JSON types.
 _SETTINGS = {
     "lr": (int, float), "batch_size": int, "shuffle": bool, "gradient_clip_val": (int, float),
-    "has_val": bool, "train_data": str,
+    "engine": str, "dtype": str, "has_val": bool, "train_data": str,
 }  # fmt: skip
 
 
@@ -88,7 +95,7 @@ class Checkpoint(NamedTuple):
     key: jax.Array | None  # the shuffling key of the whole run (None without shuffling)
     epoch: int  # the next epoch to run (= epochs done)
     history: History  # of epochs 0 .. epoch - 1
-    config: dict[str, Any]  # JSON-able: which run this is
+    run: dict[str, Any]  # JSON-able: which run this is (its settings, data hash, ...)
 
 
 class _Log(NamedTuple):
@@ -111,31 +118,6 @@ class _Log(NamedTuple):
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the problem."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Write ``path`` all or nothing: a temporary file in the same folder, then a rename.
-
-    ``write(f)`` fills the temporary file; it is flushed and fsync'ed, renamed
-    over ``path`` with ``os.replace`` (atomic on POSIX and Windows within one
-    file system), and the folder is fsync'ed so the rename itself survives a
-    power cut. If anything fails before the rename, ``path`` is untouched and
-    the temporary file is removed.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_folder(path.parent)
-    return path
 
 
 @contextlib.contextmanager
@@ -177,34 +159,54 @@ def _writer(directory: Path):
         yield
 
 
+def _is_history_file(path: str) -> bool:
+    """Whether ``path`` begins with ``HISTORY_MAGIC`` (or with part of it: a writer killed
+    between creating the file and writing its first bytes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(HISTORY_MAGIC))
+    except OSError:
+        return False
+    return HISTORY_MAGIC.startswith(head)
+
+
 def _remove_stale(directory: Path, *, keep: str | None, histories: bool) -> None:
     """Remove a killed writer's leftovers: temporary files and, with ``histories``, every
     history file but ``keep``.
 
     Called only with the folder's lock held, so no live writer owns these files.
+    A file is removed only when both its name and its first bytes say jaxlin wrote it.
     """
     for entry in os.scandir(directory):
         name = entry.name
-        history = histories and HISTORY_PATTERN.fullmatch(name) and name != keep
-        if (_TEMPORARY.fullmatch(name) or history) and entry.is_file(follow_symlinks=False):
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        if _TEMPORARY.fullmatch(name) or (
+            histories
+            and name != keep
+            and HISTORY_PATTERN.fullmatch(name)
+            and _is_history_file(entry.path)
+        ):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
 
 
-def _json_config(config) -> dict[str, Any]:
-    """``config`` as it will read back from JSON (tuples become lists...), or a TypeError."""
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    try:
-        return json.loads(json.dumps(config))
+def _json_run(run) -> dict[str, Any]:
+    """``run`` as it will read back from JSON (tuples become lists...), or a TypeError."""
+    if not isinstance(run, dict):
+        raise TypeError(f"run must be a dict of JSON values, got {type(run).__name__}")
+    try:  # NaN and Inf are refused: NaN != NaN, so such a run could never be resumed
+        return json.loads(json.dumps(run, allow_nan=False))
     except (TypeError, ValueError) as err:
-        raise TypeError(f"config must be JSON-serialisable: {err}") from None
+        raise TypeError(f"run must hold only finite JSON values: {err}") from None
 
 
 def _new_history(directory: Path) -> tuple[str, io.BufferedWriter]:
-    """A new, empty history file with a unique name, open for appending."""
+    """A new history file with a unique name, holding only ``HISTORY_MAGIC``, open to append."""
     fd, path = tempfile.mkstemp(dir=directory, prefix="history.", suffix=".bin")
-    return Path(path).name, os.fdopen(fd, "ab")
+    f = os.fdopen(fd, "ab")
+    f.write(HISTORY_MAGIC)
+    return Path(path).name, f
 
 
 def _append(f: io.BufferedWriter, data: bytes) -> None:
@@ -219,7 +221,7 @@ def _write_checkpoint(directory: Path, state: Checkpoint, log: _Log, crc: int) -
     meta = {
         "format": FORMAT_VERSION,
         "epoch": state.epoch,
-        "config": state.config,
+        "run": state.run,
         "key_impl": None if state.key is None else str(jax.random.key_impl(state.key)),
         "has_val": log.has_val,
         "history": log.name,
@@ -242,8 +244,10 @@ def _checked_state(state) -> tuple[Checkpoint, _Log]:
     if not isinstance(state, Checkpoint):
         raise TypeError(f"state must be a Checkpoint, got {type(state).__name__}")
     epoch = checks.nonnegative_int("state.epoch", state.epoch)
-    config = _json_config(state.config)
+    run = _json_run(state.run)
     checks.params(state.params)
+    if not all(np.isfinite(np.asarray(p)).all() for p in state.params.values()):
+        raise ValueError("state.params hold NaN or Inf: such a checkpoint could not be resumed")
     key = None if state.key is None else checks.key("state.key", state.key)
     history = state.history
     if not isinstance(history, History):
@@ -263,8 +267,12 @@ def _checked_state(state) -> tuple[Checkpoint, _Log]:
         raise ValueError(
             f"state.history.val_loss must be ({epoch},) {train.dtype}, got {val.shape} {val.dtype}"
         )
+    if not (np.isfinite(train).all() and (val is None or np.isfinite(val).all())):
+        raise ValueError(
+            "state.history holds NaN or Inf losses: such a checkpoint could not be resumed"
+        )
     log = _Log("", train.shape[1], train.dtype.name, val is not None)
-    return Checkpoint(state.params, key, epoch, History(train, val), config), log
+    return Checkpoint(state.params, key, epoch, History(train, val), run), log
 
 
 def save_checkpoint(directory: str | os.PathLike, state: Checkpoint) -> Path:
@@ -276,7 +284,7 @@ def save_checkpoint(directory: str | os.PathLike, state: Checkpoint) -> Path:
     old one last: a crash leaves the previous checkpoint whole.
     """
     state, log = _checked_state(state)
-    directory = Path(directory)
+    directory = _folder_path("directory", directory)
     directory.mkdir(parents=True, exist_ok=True)
     _refuse_folder_named_checkpoint(directory)
     with _writer(directory):
@@ -306,9 +314,9 @@ def _field(name: str) -> str:
     return name if name.isidentifier() and len(name) <= 40 else _short(name)
 
 
-def config_differences(saved: dict, requested: dict) -> list[str]:
-    """Names of the fields where two configs differ (missing on one side counts)."""
-    saved, requested = _json_config(saved), _json_config(requested)
+def run_differences(saved: dict, requested: dict) -> list[str]:
+    """Names of the fields where two runs' identities differ (missing on one side counts)."""
+    saved, requested = _json_run(saved), _json_run(requested)
     return sorted(k for k in saved.keys() | requested.keys() if saved.get(k) != requested.get(k))
 
 
@@ -351,14 +359,14 @@ def _check_meta(meta: Any, requested: dict | None) -> str | None:
         return "meta field 'history' is not the name of a history file"
     if meta["loss_dtype"] not in _LOSS_DTYPES:
         return f"meta field 'loss_dtype' must be one of {_LOSS_DTYPES}"
-    config = meta["config"]
+    run = meta["run"]
     expected = {**_SETTINGS, **{k: type(v) for k, v in (requested or {}).items()}}
     for field, types in expected.items():
-        if field in config and types is not type(None):
+        if field in run and types is not type(None):
             types = (int, float) if types in (int, float) and field not in _SETTINGS else types
-            problem = _type_problem(config[field], types)
+            problem = _type_problem(run[field], types)
             if problem:
-                return f"config field {_field(field)} {problem}"
+                return f"run field {_field(field)} {problem}"
     return None
 
 
@@ -417,6 +425,16 @@ def _archive_arrays(path: Path, archive) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{unreadable}: it holds arrays jaxlin does not write")
     data = {}
     for name in sorted(names):
+        limit = _MAX_ARRAY_BYTES.get(name) or checks.memory_bytes()
+        try:  # the size the entry declares, read before anything is decompressed
+            size = archive.zip.getinfo(f"{name}.npy").file_size
+        except KeyError:
+            size = 0  # an entry numpy names otherwise: read below, as numpy does
+        if size > limit:
+            raise CheckpointError(
+                f"{unreadable}: array {name!r} would take {checks.size_text(size)}, "
+                f"more than a checkpoint's {name!r} can ({checks.size_text(limit)})"
+            )
         try:
             data[name] = archive[name]
         except Exception:  # a bad CRC, header or length: corrupt bytes
@@ -451,13 +469,17 @@ def _read_history(path: Path, log: _Log, epoch: int, crc: int) -> History:
     history_path = path.parent / log.name
     if not history_path.is_file():
         raise CheckpointError(f"{where} is missing")
-    want = epoch * log.row_bytes
+    want = epoch * log.row_bytes  # bounded by the file's size before anything is read
     with open(history_path, "rb") as f:
+        if f.read(len(HISTORY_MAGIC)) != HISTORY_MAGIC:
+            raise CheckpointError(f"{where} does not begin as a jaxlin history file does")
+        held = os.fstat(f.fileno()).st_size - len(HISTORY_MAGIC)
+        if held < want:
+            raise CheckpointError(
+                f"{where} holds {held // max(log.row_bytes, 1)} epochs, "
+                f"the checkpoint counts {epoch}"
+            )
         data = f.read(want)
-    if len(data) < want:
-        raise CheckpointError(
-            f"{where} holds {len(data) // log.row_bytes} epochs, the checkpoint counts {epoch}"
-        )
     if zlib.crc32(data) != crc:
         raise CheckpointError(
             f"{where} does not match the checkpoint (corrupt, or the epoch counter was altered)"
@@ -476,23 +498,24 @@ def _refuse_folder_named_checkpoint(directory: Path) -> None:
         raise ValueError(f"{path} is not a file: a checkpoint is a file (remove or rename it)")
 
 
-def _read(directory: Path, config: dict | None) -> tuple[Checkpoint, _Log, int]:
+def _read(directory: Path, run: dict | None) -> tuple[Checkpoint, _Log, int]:
     """The checked checkpoint in ``directory``, its history log and the history's CRC-32."""
     path = directory / FILENAME
     _refuse_folder_named_checkpoint(directory)
-    requested = None if config is None else _json_config(config)
+    requested = None if run is None else _json_run(run)
     data = _read_archive(path)
     meta = _read_meta(path, data, requested)
     if requested is not None:
-        diff = config_differences(meta["config"], requested)
+        diff = run_differences(meta["run"], requested)
         if diff:
             detail = ", ".join(
-                f"{_field(k)}: saved {_short(meta['config'].get(k))}, "
+                f"{_field(k)}: saved {_short(meta['run'].get(k))}, "
                 f"requested {_short(requested.get(k))}"
                 for k in diff
             )
             raise ValueError(
-                f"checkpoint {path} is from a different run; differing fields: {detail}"
+                f"checkpoint {path} is from a different run, which this one would not continue "
+                f"bit for bit; differing fields: {detail}"
             )
     log = _Log(meta["history"], meta["steps"], meta["loss_dtype"], meta["has_val"])
     history = _read_history(path, log, meta["epoch"], meta["history_crc32"])
@@ -500,7 +523,7 @@ def _read(directory: Path, config: dict | None) -> tuple[Checkpoint, _Log, int]:
     if meta["key_impl"] is not None:
         key = jax.random.wrap_key_data(data["key"], impl=meta["key_impl"])
     params = {"w": jax.numpy.asarray(data["w"]), "b": jax.numpy.asarray(data["b"])}
-    state = Checkpoint(params, key, meta["epoch"], history, meta["config"])
+    state = Checkpoint(params, key, meta["epoch"], history, meta["run"])
     return state, log, meta["history_crc32"]
 
 
@@ -510,33 +533,33 @@ def _require_checkpoint(directory: Path) -> None:
         raise FileNotFoundError(f"checkpoint_dir {directory}: no {FILENAME} to resume from")
 
 
-def load_checkpoint(directory: str | os.PathLike, *, config: dict | None = None) -> Checkpoint:
-    """Read and check ``directory/checkpoint.npz``; with ``config``, refuse one from another run.
+def load_checkpoint(directory: str | os.PathLike, *, run: dict | None = None) -> Checkpoint:
+    """Read and check ``directory/checkpoint.npz``; with ``run``, refuse one from another run.
 
     When no run holds the folder, a killed writer's leftovers are removed.
 
     Raises:
       FileNotFoundError: no checkpoint in ``directory``.
       ValueError: the checkpoint (or its history file) is unreadable, malformed
-        or inconsistent, or its config differs from ``config``: one line that
-        names the file and the problem (every differing field, for a config).
+        or inconsistent, or its run differs from ``run``: one line that names
+        the file and the problem (every differing field, for a run).
     """
-    directory = Path(directory)
+    directory = _folder_path("directory", directory)
     if not directory.is_dir():
         _require_checkpoint(directory)
     with _folder_lock(directory, wait=False) as held:
-        state, _, _ = _read_and_clean(directory, config, clean=held)
+        state, _, _ = _read_and_clean(directory, run, clean=held)
     return state
 
 
 def _read_and_clean(
-    directory: Path, config: dict | None, *, clean: bool
+    directory: Path, run: dict | None, *, clean: bool
 ) -> tuple[Checkpoint, _Log, int]:
     """``_read``; with ``clean`` (the folder's lock held), remove what a killed writer left."""
     if clean:
         _remove_stale(directory, keep=None, histories=not (directory / FILENAME).exists())
     _require_checkpoint(directory)
-    state, log, crc = _read(directory, config)
+    state, log, crc = _read(directory, run)
     if clean:
         _remove_stale(directory, keep=log.name, histories=True)
     return state, log, crc
@@ -559,14 +582,14 @@ class _EpochWriter:
     history returned to the caller is ``fit``'s own.
     """
 
-    def __init__(self, directory: Path, key, config: dict, callback, resumed=None):
+    def __init__(self, directory: Path, key, run: dict, callback, resumed=None):
         """``resumed``: ``(log, epochs, crc)`` of the checkpoint a run continues, or ``None``."""
-        self.directory, self.key, self.config, self.callback = directory, key, config, callback
+        self.directory, self.key, self.run, self.callback = directory, key, run, callback
         self.log, self.crc, self.file = None, 0, None
         if resumed is not None:  # cut the rows a crash left past the checkpoint, then append
             self.log, epochs, self.crc = resumed
             self.file = open(directory / self.log.name, "r+b")  # closed by close()
-            self.file.truncate(epochs * self.log.row_bytes)
+            self.file.truncate(len(HISTORY_MAGIC) + epochs * self.log.row_bytes)
             self.file.seek(0, os.SEEK_END)
 
     def __call__(self, end: EpochEnd) -> None:
@@ -585,7 +608,7 @@ class _EpochWriter:
         data = self.log.encode(train, val)
         _append(self.file, data)
         self.crc = zlib.crc32(data, self.crc)
-        state = Checkpoint(end.params, self.key, end.epoch + 1, None, self.config)
+        state = Checkpoint(end.params, self.key, end.epoch + 1, None, self.run)
         _write_checkpoint(self.directory, state, self.log, self.crc)
         if fresh:  # the folder's previous history (if any) is no longer pointed to
             _remove_stale(self.directory, keep=self.log.name, histories=True)
@@ -611,11 +634,16 @@ def fit_with_checkpoints(
     *,
     checkpoint_dir: str | os.PathLike,
     resume: bool = False,
-    config: dict | None = None,
-    key: jax.Array | None = None,
+    run: dict | None = None,
+    lr: float | None = None,
     max_epochs: int | None = None,
+    batch_size: int | None = None,
+    key: jax.Array | None = None,
+    shuffle: bool | None = None,
+    gradient_clip_val: float | None = None,
+    engine: str | None = None,
     callback: Callable[[EpochEnd], None] | None = None,
-    **fit_kwargs,
+    config: TrainConfig | None = None,
 ) -> tuple[Params, History]:
     """``fit``, writing a checkpoint after every epoch; ``resume=True`` continues from one.
 
@@ -628,18 +656,19 @@ def fit_with_checkpoints(
     checkpoint file, so saving costs the same at epoch 1 as at epoch 1000.
 
     Args:
-      params, train, val, max_epochs, callback, **fit_kwargs: as for ``fit``
-        (``start_epoch`` is set from the checkpoint). On resume, ``params`` is
-        only checked; the checkpoint's params are used.
+      params, train, val, lr, max_epochs, batch_size, key, shuffle,
+        gradient_clip_val, engine, callback, config: as for ``fit``. On resume,
+        ``params`` is only checked (the checkpoint's params are used) and
+        ``key`` may be omitted (the saved one is used).
       checkpoint_dir: folder of ``checkpoint.npz`` and its history file
         (created if missing); one run at a time writes to it.
       resume: continue from the checkpoint in ``checkpoint_dir`` (it must exist).
-      config: extra JSON-able fields that identify the run (the CLI passes its
-        flags). The training settings (``lr``, ``batch_size``, ...) and a hash
-        of the training data are added; a checkpoint whose config differs is
-        refused with the differing fields named. ``max_epochs`` is not part of
-        it: a finished run can be resumed with more epochs.
-      key: the shuffling key; on resume it may be omitted (the saved one is used).
+      run: extra JSON-able fields that identify the run (the CLI passes its
+        flags). The training settings (``lr``, ``batch_size``, the engine...)
+        and a hash of the training data (its values, shape and dtype) are
+        added; a checkpoint of a run that differs is refused with the differing
+        fields named. ``max_epochs`` is not part of it: a finished run can be
+        resumed with more epochs.
 
     Raises:
       FileNotFoundError: ``resume`` and no checkpoint in ``checkpoint_dir``.
@@ -648,20 +677,19 @@ def fit_with_checkpoints(
     """
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be True or False, got {resume!r}")
-    if "start_epoch" in fit_kwargs:
-        raise TypeError("start_epoch is set from the checkpoint; do not pass it")
-    if checkpoint_dir is None or not isinstance(checkpoint_dir, (str, os.PathLike)):
-        raise TypeError(f"checkpoint_dir must be a folder path, got {checkpoint_dir!r}")
-    directory = Path(checkpoint_dir)
+    directory = _folder_path("checkpoint_dir", checkpoint_dir)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"checkpoint_dir {directory}: exists and is not a folder")
-    settings = {k: fit_kwargs.pop(k) for k in list(fit_kwargs) if k in configs.FIELDS}
-    train_config = configs.make_config(None, max_epochs=max_epochs, **settings)
+    train_config = configs.make_config(
+        config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
+        gradient_clip_val=gradient_clip_val, engine=engine,
+    )  # fmt: skip
     max_epochs = train_config.max_epochs
     _, (X, y), val, _ = configs.training_data(params, train, val, train_config)
-    full_config = {
-        **_json_config({} if config is None else config),
+    full_run = {
+        **_json_run({} if run is None else run),
         **train_config.settings(),
+        "dtype": X.dtype.name,
         "has_val": val is not None,
         "train_data": _fingerprint(X, y),
     }
@@ -682,7 +710,7 @@ def fit_with_checkpoints(
     with _writer(directory):
         resumed = None
         if resume:
-            state, log, crc = _read_and_clean(directory, full_config, clean=True)
+            state, log, crc = _read_and_clean(directory, full_run, clean=True)
             key = _resume_key(directory, key, state.key)
             if state.params["w"].shape != params["w"].shape:
                 raise ValueError(
@@ -700,18 +728,12 @@ def fit_with_checkpoints(
             resumed = (log, start, crc)
         else:
             start, history = 0, None
-        writer = _EpochWriter(directory, key, full_config, callback, resumed)
+        writer = _EpochWriter(directory, key, full_run, callback, resumed)
         try:
             params, tail = fit(
-                params,
-                (X, y),
-                val,
-                key=key,
-                config=train_config,
-                callback=writer,
+                params, (X, y), val, key=key, config=train_config, callback=writer,
                 start_epoch=start,
-                **fit_kwargs,
-            )
+            )  # fmt: skip
         finally:
             writer.close()
     if history is None:
@@ -720,6 +742,15 @@ def fit_with_checkpoints(
         _concat(history.train_loss, tail.train_loss),
         None if val is None else _concat(history.val_loss, tail.val_loss),
     )
+
+
+def _folder_path(name: str, folder) -> Path:
+    """``folder`` as a ``Path``; an empty name (which would mean the current folder) is refused."""
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a folder path, got {folder!r}")
+    if os.fspath(folder) in ("", b""):
+        raise ValueError(f"{name} is empty: give a folder (use '.' for the current folder)")
+    return Path(folder)
 
 
 def _resume_key(directory: Path, key: jax.Array | None, saved: jax.Array | None):

@@ -80,6 +80,7 @@ class TrainConfig:
             "batch_size": self.batch_size,
             "shuffle": self.shuffle,
             "gradient_clip_val": self.gradient_clip_val,
+            "engine": self.engine,
         }
 
 

@@ -1,9 +1,26 @@
-"""Files written safely: what the checkpoints and the on-disk datasets share."""
+"""Files written safely: all or nothing, and only jaxlin's own leftovers ever removed.
+
+What the checkpoints, the on-disk datasets, the command line's ``--json`` and
+the saved figures share: a file is written to a temporary file beside it and
+renamed into place, so a reader, a full disk or a kill never sees half of it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+try:  # POSIX: a lock tells a live writer's temporary file from a killed one's
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: leftovers are left alone
+    fcntl = None
+
+TEMPORARY_SUFFIX = ".jaxlin-tmp"  # every temporary file jaxlin writes ends in this
 
 
 def fsync_folder(folder: Path) -> None:
@@ -19,3 +36,92 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def temporary_pattern(name: str) -> re.Pattern:
+    """The names ``atomic_write`` gives its temporary files for a target called ``name``."""
+    return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}")
+
+
+def unlocked(path: str) -> bool:
+    """Whether no live process holds the lock on ``path`` (its writer died or finished)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_leftovers(path: Path) -> None:
+    """Remove the temporary files killed writes to ``path`` left beside it, and only those.
+
+    A temporary file is removed only when its name is one ``atomic_write``
+    gives for ``path`` and no live writer holds it (each writer locks its own).
+    """
+    pattern = temporary_pattern(path.name)
+    with contextlib.suppress(OSError), os.scandir(path.parent or ".") as entries:
+        for entry in entries:
+            if (
+                pattern.fullmatch(entry.name)
+                and entry.is_file(follow_symlinks=False)
+                and unlocked(entry.path)
+            ):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """Hold the lock on ``path`` (a file or folder) while the block runs: it is in use."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write ``path`` all or nothing: a temporary file in the same folder, then a rename.
+
+    ``write(f)`` fills the temporary file; it is flushed and fsync'ed, renamed
+    over ``path`` with ``os.replace`` (atomic on POSIX and Windows within one
+    file system), and the folder is fsync'ed so the rename itself survives a
+    power cut. If anything fails before the rename, ``path`` is untouched and
+    the temporary file is removed; an ``OSError`` names ``path``. Temporary
+    files that killed writes to ``path`` left behind are removed first.
+    """
+    path = Path(path)
+    folder = path.parent
+    remove_leftovers(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if fcntl is not None:  # held until closed: this file is not a leftover
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from None
+        raise
+    fsync_folder(folder)
+    return path

@@ -7,8 +7,11 @@ write it, touching no global pyplot state (no backend switch, no open figure).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from jaxlin.files import atomic_write
 from jaxlin.trainer import History
 
 
@@ -50,11 +53,18 @@ def _figure(figsize: tuple[float, float]):
     return Figure(figsize=figsize, layout="constrained")
 
 
+def _save(figure, path) -> None:
+    """Write ``figure`` to ``path`` all or nothing, in the format its suffix names (PNG if none)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: figure.savefig(f, format=fmt, dpi=120))
+
+
 def save_history_plot(history: History, path, *, title: str | None = None) -> None:
     """Write ``plot_history`` to ``path`` (PNG, PDF, SVG...) without a display."""
     figure = _figure((6, 3.6))
     plot_history(history, figure.subplots(), title=title)
-    figure.savefig(path, dpi=120)
+    _save(figure, path)
 
 
 def plot_sweep(result, *, axes=None):
@@ -126,7 +136,7 @@ def save_sweep_plot(result, path) -> None:
     """Write ``plot_sweep`` to ``path`` (PNG, PDF, SVG...) without a display."""
     figure = _figure((11, 3.8))
     plot_sweep(result, axes=figure.subplots(1, 2))
-    figure.savefig(path, dpi=120)
+    _save(figure, path)
 
 
 def _profile_loss(X: np.ndarray, y: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
@@ -197,4 +207,4 @@ def save_trajectory_plot(paths, train, path, *, title: str | None = None) -> Non
     """Write ``plot_trajectory`` to ``path`` (PNG, PDF, SVG...) without a display."""
     figure = _figure((5, 4.2))
     plot_trajectory(paths, train, figure.subplots(), title=title)
-    figure.savefig(path, dpi=120)
+    _save(figure, path)

@@ -106,15 +106,34 @@ API = [
      r"checkpoint_dir .*nowhere: no checkpoint.npz to resume from"),
     ("save not a state", lambda t: save_checkpoint(t, {"params": P2}), TypeError,
      r"state must be a Checkpoint, got dict"),
-    ("save config not JSON", lambda t: save_checkpoint(
+    ("save run not JSON", lambda t: save_checkpoint(
         t, Checkpoint(P2, KEY, 1, jaxlin.History(np.zeros((1, 2)), None), {"f": object()})),
-     TypeError, r"config must be JSON-serialisable"),
+     TypeError, r"run must hold only finite JSON values"),
+    ("save run NaN", lambda t: save_checkpoint(
+        t, Checkpoint(P2, KEY, 1, jaxlin.History(np.zeros((1, 2)), None), {"f": np.nan})),
+     TypeError, r"run must hold only finite JSON values"),
+    ("save NaN params", lambda t: save_checkpoint(t, Checkpoint(
+        {**P2, "b": jnp.full((1,), jnp.nan)}, KEY, 1, jaxlin.History(np.zeros((1, 2)), None), {})),
+     ValueError, r"state.params hold NaN or Inf"),
+    ("save inf losses", lambda t: save_checkpoint(t, Checkpoint(
+        P2, KEY, 1, jaxlin.History(np.full((1, 2), np.inf), None), {})),
+     ValueError, r"state.history holds NaN or Inf losses"),
+    ("save to ''", lambda t: save_checkpoint("", Checkpoint(
+        P2, KEY, 1, jaxlin.History(np.zeros((1, 2)), None), {})),
+     ValueError, r"directory is empty: give a folder"),
+    ("load ''", lambda t: load_checkpoint(""), ValueError, r"directory is empty: give a folder"),
+    ("checkpoint_dir ''", lambda t: _fit_ckpt(t, checkpoint_dir=""), ValueError,
+     r"checkpoint_dir is empty: give a folder \(use '.' for the current folder\)"),
+    ("resume, other engine", lambda t: (_fit_ckpt(t, max_epochs=1),
+                                        _fit_ckpt(t, max_epochs=2, resume=True, engine="affine")),
+     ValueError, r"would not continue bit for bit; differing fields: engine: saved 'scan', "
+                 r"requested 'affine'"),
     ("resume nothing", lambda t: _fit_ckpt(t, resume=True), FileNotFoundError,
      r"no checkpoint.npz to resume from"),
     ("checkpoint_dir file", lambda t: _fit_ckpt(t, checkpoint_dir=Path(__file__)), ValueError,
      r"checkpoint_dir .*test_bad_input.py: exists and is not a folder"),
     ("checkpoint start_epoch", lambda t: _fit_ckpt(t, start_epoch=1), TypeError,
-     r"start_epoch is set from the checkpoint"),
+     r"unexpected keyword argument 'start_epoch'"),
     ("resume, fewer epochs", lambda t: (_fit_ckpt(t, max_epochs=2),
                                         _fit_ckpt(t, max_epochs=1, resume=True)), ValueError,
      r"max_epochs must be >= the 2 epochs the checkpoint has done, got 1"),
@@ -173,7 +192,31 @@ CLI = [
      "--checkpoint-dir {t}/a_file: exists and is not a folder"),
     ("checkpoint-dir unwritable", lambda t: ["--checkpoint-dir", str(t / "ro" / "c")],
      "--checkpoint-dir {t}/ro/c: folder {t}/ro is not writable"),
+    # an output may be neither another output nor one of the run's own files
+    ("json is plot", lambda t: ["--json", str(t / "r.png"), "--plot", str(t / "r.png")],
+     "--plot {t}/r.png: is also --json; give each output its own file"),
+    ("plot is plot-trajectory, through a link", lambda t: [
+        "--plot", _link(t, "p.png", "q.png"), "--plot-trajectory", str(t / "q.png")],
+     "--plot-trajectory {t}/q.png: is also --plot"),
+    ("json is a device", lambda t: ["--json", "/dev/null"],
+     "--json /dev/null: is not a regular file (a device or pipe), expected a file path"),
+    ("json in the dataset", lambda t: [
+        "--data", _folder(t, "ds"), "--json", str(t / "ds" / "manifest.json")],
+     "--json {t}/ds/manifest.json: would overwrite a file of --data {t}/ds; write it elsewhere"),
+    ("json is the checkpoint", lambda t: [
+        "--checkpoint-dir", _folder(t, "c"), "--json", str(t / "c" / "checkpoint.npz")],
+     "--json {t}/c/checkpoint.npz: would overwrite a file of --checkpoint-dir {t}/c"),
 ]  # fmt: skip
+
+
+def _folder(t, name):
+    (t / name).mkdir(exist_ok=True)
+    return str(t / name)
+
+
+def _link(t, name, target):
+    (t / name).symlink_to(t / target)
+    return str(t / name)
 
 
 @pytest.mark.parametrize("args, message", [r[1:] for r in CLI], ids=[r[0] for r in CLI])
@@ -196,6 +239,8 @@ def test_cli_refuses_bad_input(args, message, tmp_path, capsys, monkeypatch):
         (["--engine", "fast"], "argument --engine: invalid choice: 'fast'"),
         (["--w", "1,x"], "expected comma-separated numbers, got '1,x'"),
         (["--seed", "1.5"], "argument --seed: expected an int in [0, 2**32), got '1.5'"),
+        (["--checkpoint-dir", ""], "argument --checkpoint-dir: expected a path, got ''"),
+        (["--json", ""], "argument --json: expected a path, got ''"),
     ],
 )
 def test_cli_non_numeric_flags_are_usage_errors(args, message, capsys):

@@ -15,6 +15,7 @@ from jaxlin.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from jaxlin.files import TEMPORARY_SUFFIX
 
 pytestmark = pytest.mark.slow
 
@@ -121,24 +122,25 @@ def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch)
 
 def test_a_crash_that_leaves_a_temporary_file_does_not_matter(tmp_path):
     save_checkpoint(tmp_path, _state(1, 1.0))
-    (tmp_path / f".{FILENAME}.abc.tmp").write_bytes(b"half a zip")  # a killed writer's leftovers
+    leftover = tmp_path / f".{FILENAME}.abcd1234{TEMPORARY_SUFFIX}"
+    leftover.write_bytes(b"half a zip")  # a killed writer's leftovers
     assert load_checkpoint(tmp_path).epoch == 1
-    assert not (tmp_path / f".{FILENAME}.abc.tmp").exists()  # removed by the load
+    assert not leftover.exists()  # removed by the load
     save_checkpoint(tmp_path, _state(2, 2.0))
     assert load_checkpoint(tmp_path).epoch == 2
 
 
-def test_config_mismatch_names_the_differing_fields(problem, key, tmp_path):
+def test_a_run_that_differs_is_refused_naming_the_differing_fields(problem, key, tmp_path):
     s, params = problem
     kwargs = dict(max_epochs=2, batch_size=32, key=key, checkpoint_dir=tmp_path)
-    fit_with_checkpoints(params, s.train, s.val, config={"seed": 0, "noise": 0.01}, **kwargs)
+    fit_with_checkpoints(params, s.train, s.val, run={"seed": 0, "noise": 0.01}, **kwargs)
     with pytest.raises(ValueError, match=r"differing fields: batch_size: saved 32, requested 16"):
         fit_with_checkpoints(
             params,
             s.train,
             s.val,
             resume=True,
-            config={"seed": 0, "noise": 0.01},
+            run={"seed": 0, "noise": 0.01},
             **{**kwargs, "batch_size": 16},
         )
     with pytest.raises(ValueError, match=r"differing fields: lr: .*seed: saved 0, requested 1"):
@@ -147,14 +149,14 @@ def test_config_mismatch_names_the_differing_fields(problem, key, tmp_path):
             s.train,
             s.val,
             resume=True,
-            config={"seed": 1, "noise": 0.01},
+            run={"seed": 1, "noise": 0.01},
             lr=0.1,
             **kwargs,
         )
     other = (s.train[0] + 1.0, s.train[1])
     with pytest.raises(ValueError, match=r"differing fields: train_data"):
         fit_with_checkpoints(
-            params, other, s.val, resume=True, config={"seed": 0, "noise": 0.01}, **kwargs
+            params, other, s.val, resume=True, run={"seed": 0, "noise": 0.01}, **kwargs
         )
     with pytest.raises(ValueError, match=r"differing fields: key"):
         fit_with_checkpoints(
@@ -162,7 +164,7 @@ def test_config_mismatch_names_the_differing_fields(problem, key, tmp_path):
             s.train,
             s.val,
             resume=True,
-            config={"seed": 0, "noise": 0.01},
+            run={"seed": 0, "noise": 0.01},
             **{**kwargs, "key": jax.random.key(123)},
         )
 

@@ -17,6 +17,7 @@ import pytest
 import jaxlin
 from jaxlin.checkpoint import (
     FILENAME,
+    HISTORY_MAGIC,
     HISTORY_PATTERN,
     Checkpoint,
     fit_with_checkpoints,
@@ -24,6 +25,7 @@ from jaxlin.checkpoint import (
     save_checkpoint,
 )
 from jaxlin.cli import main
+from jaxlin.files import TEMPORARY_SUFFIX
 
 pytestmark = pytest.mark.slow  # files on disk and subprocesses
 
@@ -92,12 +94,19 @@ def _flip_history_byte(folder: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _rewrite_compressed(folder: Path, **changes) -> None:
+    """``_rewrite``, deflated: a small file whose arrays inflate to much more."""
+    arrays = {**_arrays(folder), **changes}
+    with open(folder / FILENAME, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
 def _set(field, value):
     return lambda meta: {**meta, field: value}
 
 
 def _set_config(field, value):
-    return lambda meta: {**meta, "config": {**meta["config"], field: value}}
+    return lambda meta: {**meta, "run": {**meta["run"], field: value}}
 
 
 def _without(field):
@@ -149,16 +158,24 @@ CORRUPT = [
     ("epoch bool", lambda d: _edit_meta(d, _set("epoch", True)), r"'epoch' is a boolean"),
     ("steps missing", lambda d: _edit_meta(d, _without("steps")), r"no field 'steps'"),
     ("steps altered", lambda d: _edit_meta(d, _set("steps", STEPS + 1)), r"epochs, the check"),
-    ("config a list", lambda d: _edit_meta(d, _set("config", [1])), r"'config' is a list"),
+    ("run a list", lambda d: _edit_meta(d, _set("run", [1])), r"'run' is a list"),
     ("config lr text", lambda d: _edit_meta(d, _set_config("lr", MARKER)),
-     r"config field lr is text, expected int or float"),
+     r"run field lr is text, expected int or float"),
     ("config lr null", lambda d: _edit_meta(d, _set_config("lr", None)), r"field lr is null"),
     ("config shuffle", lambda d: _edit_meta(d, _set_config("shuffle", 1)), r"field shuffle is a"),
     ("history outside", lambda d: _edit_meta(d, _set("history", "../x.bin")),
      r"not the name of a history file"),
     ("history missing", lambda d: _history_file(d).unlink(), r"history file .* is missing"),
     ("history flipped", _flip_history_byte, r"does not match the checkpoint"),
-    ("history short", lambda d: os.truncate(_history_file(d), 10), r"holds 0 epochs"),
+    ("history short", lambda d: os.truncate(_history_file(d), len(HISTORY_MAGIC) + 10),
+     r"holds 0 epochs"),
+    ("history not ours", lambda d: _history_file(d).write_bytes(MARKER.encode() * 20),
+     r"does not begin as a jaxlin history file does"),
+    ("epoch huge", lambda d: _edit_meta(d, _set("epoch", 10**30)),
+     rf"holds {EPOCHS} epochs, the checkpoint counts {10**30}"),
+    ("steps huge", lambda d: _edit_meta(d, _set("steps", 10**15)), r"holds 0 epochs"),
+    ("key inflates", lambda d: _rewrite_compressed(d, key=np.zeros(1 << 20, np.uint32)),
+     r"array 'key' would take 4 MiB, more than a checkpoint's 'key' can \(1 KiB\)"),
     ("loss dtype", lambda d: _edit_meta(d, _set("loss_dtype", "int8")), r"'loss_dtype' must be"),
     ("crc range", lambda d: _edit_meta(d, _set("history_crc32", -1)), r"out of range"),
     ("folder named checkpoint.npz", _folder_named_checkpoint, r"is not a file"),
@@ -188,12 +205,20 @@ def test_resuming_a_corrupt_checkpoint_from_the_cli_is_one_line(folder, capsys):
 
 def test_load_removes_a_killed_writers_leftovers_and_keeps_the_checkpoints_files(folder):
     history = _history_file(folder)
-    stale = [folder / f".{FILENAME}.x1.tmp", folder / "history.dead0001.bin"]
-    for path in stale:
-        path.write_bytes(b"left by a killed writer")
-    (folder / "notes.txt").write_text("not ours")  # files jaxlin does not write are left alone
+    (folder / f".{FILENAME}.x1x2x3x4{TEMPORARY_SUFFIX}").write_bytes(b"half a zip")
+    (folder / "history.dead0001.bin").write_bytes(HISTORY_MAGIC + b"rows")
+    (folder / "history.dead0002.bin").write_bytes(HISTORY_MAGIC[:5])  # killed while creating it
+    users = {  # files jaxlin did not write, even where the name looks like one of its own
+        "notes.txt": b"not ours",
+        "history.final.bin": b"results",
+        "history.abcd1234.bin": b"results that are not a jaxlin history",
+        f".{FILENAME}.x1.tmp": b"a temporary file of some other program",
+    }
+    for name, data in users.items():
+        (folder / name).write_bytes(data)
     assert load_checkpoint(folder).epoch == EPOCHS
-    assert sorted(p.name for p in folder.iterdir()) == sorted([FILENAME, history.name, "notes.txt"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([FILENAME, history.name, *users])
+    assert all((folder / name).read_bytes() == data for name, data in users.items())
 
 
 class Stop(Exception):
@@ -223,7 +248,7 @@ def test_rows_a_crash_left_past_the_checkpoint_are_ignored_and_cut_on_resume(
             params, s.train, s.val, checkpoint_dir=tmp_path, callback=stop_after_1, **kwargs
         )
     history = _history_file(tmp_path)
-    row_floats = history.stat().st_size // 2 // 4  # two epochs of float32 rows
+    row_floats = (history.stat().st_size - len(HISTORY_MAGIC)) // 2 // 4  # two float32 rows
     with open(history, "ab") as f:
         f.write(np.full(row_floats + 3, 9.0, np.float32).tobytes())  # a row and a partial one
     state = load_checkpoint(tmp_path)
@@ -276,7 +301,7 @@ def test_bytes_written_per_epoch_do_not_grow_with_the_epochs_run(tmp_path, key):
     assert per_epoch.min() > 0
     assert per_epoch.max() - per_epoch.min() < row_bytes, per_epoch
     assert max(sizes) - min(sizes) < row_bytes, sizes  # the checkpoint file does not grow
-    assert _history_file(tmp_path).stat().st_size == 12 * row_bytes  # the history, stored once
+    assert _history_file(tmp_path).stat().st_size == len(HISTORY_MAGIC) + 12 * row_bytes
 
 
 def _env():

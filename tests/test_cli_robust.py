@@ -133,3 +133,70 @@ print("ok", err)
     assert max(abs(e) for e in record["w_error"]) < 1e-3
     losses = np.asarray(record["train_loss"])
     assert (losses != losses.astype(np.float32)).any()  # values a float32 run cannot produce
+
+
+def _jaxlin(args, cwd, **kwargs):
+    """The ``jaxlin`` command in a subprocess (its exit status and stderr)."""
+    return subprocess.run([sys.executable, "-m", "jaxlin", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, **kwargs)  # fmt: skip
+
+
+def test_a_json_that_cannot_be_written_leaves_the_old_file_whole_and_exits_1(tmp_path):
+    """A write that fails at run time (here a file-size limit) names the file, exit status 1."""
+    import resource
+
+    old = json.dumps({"an": "earlier result"})
+    (tmp_path / "out.json").write_text(old)
+
+    def small_files():  # 1 KiB: less than the record, more than nothing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    args = ["train", "--num-train", "32", "--num-val", "8", "--quiet", "--no-cache", "--json"]
+    done = _jaxlin([*args, "out.json"], tmp_path, preexec_fn=small_files)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == "jaxlin: error: cannot write out.json: File too large\n"
+    assert (tmp_path / "out.json").read_text() == old  # replaced whole or not at all
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "cache").write_text("not a folder")
+    args = ["train", "--num-train", "32", "--num-val", "8", "--quiet"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"jaxlin: error: --cache-dir {tmp_path}/cache: File exists; pass another " \
+        "folder or --no-cache\n"  # fmt: skip
+
+
+def test_files_beside_a_checkpoint_that_look_like_its_own_are_kept(tmp_path):
+    folder = tmp_path / "e"
+    folder.mkdir()
+    users = {"history.final.bin": b"results\n", "history.abcd1234.bin": b"more results\n",
+             ".checkpoint.npz.x.tmp": b"another program's"}  # fmt: skip
+    for name, data in users.items():
+        (folder / name).write_bytes(data)
+    args = ["train", "--num-train", "32", "--num-val", "8", "--quiet", "--no-cache"]
+    for extra in ([], ["--resume", "--epochs", "4"]):
+        assert main([*args, "--checkpoint-dir", str(folder), *extra]) == 0
+        assert all((folder / name).read_bytes() == data for name, data in users.items())
+
+
+def test_generate_removes_what_a_killed_generate_left_and_only_that(tmp_path):
+    import fcntl
+
+    dead = tmp_path / ".ds.jaxlin-new-0123abcd"  # a killed run's half-written dataset
+    live = tmp_path / ".ds.jaxlin-new-89abcdef"  # a run still writing (it holds the lock)
+    other = tmp_path / ".ds.jaxlin-new-mine"  # not a name jaxlin gives
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "X-00000.npy").write_bytes(b"rows")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        args = ["generate", "--out", "ds", "--num-examples", "64"]
+        done = _jaxlin(args, tmp_path)
+        assert done.returncode == 0, done.stderr
+    finally:
+        os.close(fd)
+    assert not dead.exists() and live.exists() and other.exists()
+    assert (tmp_path / "ds" / "manifest.json").is_file()

@@ -248,7 +248,18 @@ def _run(argv: list[str], interrupt: Interrupt) -> int:
     except BrokenPipeError:  # `jaxlin train | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError) as err:  # bad input, refused before the work
         print(f"jaxlin: error: {as_flags(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file that could not be read or written while running
+        print(f"jaxlin: error: {io_message(err)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def io_message(err: OSError) -> str:
+    """One line for a failed read or write: the file (escaped), then what went wrong."""
+    text = err.strerror or str(err)
+    if err.filename is not None and str(err.filename) not in text:
+        text = f"{err.filename!s}: {text}"
+    return text.encode("unicode_escape").decode("ascii")

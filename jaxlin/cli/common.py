@@ -7,6 +7,7 @@ and installs its Ctrl-C handler before JAX starts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -31,6 +32,13 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated numbers, got {text!r}"
         ) from None
+
+
+def path_flag(text: str) -> Path:
+    """A file or folder path for argparse; an empty one (which would mean ``.``) is refused."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got '' (use '.' for the current folder)")
+    return Path(text)
 
 
 def seed(text: str) -> int:
@@ -67,7 +75,7 @@ def add_jax_flags(parser: argparse.ArgumentParser) -> None:
         help="JAX platform (default: JAX's choice)",
     )  # fmt: skip
     parser.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE,
+        "--cache-dir", type=path_flag, default=DEFAULT_CACHE,
         help="XLA compile cache (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument("--no-cache", action="store_true", help="do not use the compile cache")
@@ -144,6 +152,10 @@ def check_output(flag: str, path: Path | None) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ValueError(f"{flag} {path}: is a directory, expected a file path")
+    if path.exists() and not path.is_file():
+        raise ValueError(
+            f"{flag} {path}: is not a regular file (a device or pipe), expected a file path"
+        )
     if flag.startswith("--plot") and path.suffix.lower().lstrip(".") not in PLOT_FORMATS:
         raise ValueError(
             f"{flag} {path}: unknown image format {path.suffix or '(none)'!r}; "
@@ -153,6 +165,57 @@ def check_output(flag: str, path: Path | None) -> None:
         raise ValueError(f"{flag} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"{flag} {path}: folder {folder} is not writable")
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Write ``record`` to ``path`` as JSON, all or nothing (an old file is replaced whole)."""
+    from jaxlin.files import atomic_write
+
+    text = json.dumps(record, indent=2).encode()
+    atomic_write(path, lambda f: f.write(text))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: the same target through links, or the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return False
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, through links."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def check_paths(outputs: list[tuple[str, Path | None]], inputs=(), folders=()) -> None:
+    """Refuse a run whose outputs collide, before any work.
+
+    ``outputs``: ``(flag, file)`` pairs; no two may be one file (compared as
+    files, through links). ``inputs``: ``(flag, file)`` pairs the run reads;
+    no output may be one of them. ``folders``: ``(flag, folder, owned)``
+    where the run reads or keeps its own files; no output may be in ``folder``
+    when ``owned(name)`` says the name is one of them (``None``: any name).
+    """
+    outputs = [(flag, p) for flag, p in outputs if p is not None]
+    for i, (flag, p) in enumerate(outputs):
+        check_output(flag, p)
+        for other, q in outputs[:i]:
+            if _same_file(p, q):
+                raise ValueError(f"{flag} {p}: is also {other}; give each output its own file")
+        for other, q in inputs:
+            if q is not None and _same_file(p, q):
+                raise ValueError(f"{flag} {p}: is the {other} file this run reads")
+        for other, folder, owned in folders:
+            if folder is None or (not _inside(p.parent, folder) and not _inside(p, folder)):
+                continue
+            if owned is None or owned(p.name):
+                raise ValueError(
+                    f"{flag} {p}: would overwrite a file of {other} {folder}; write it elsewhere"
+                )
 
 
 def configure_jax(args, *, store: bool = False) -> None:
@@ -181,7 +244,12 @@ def configure_jax(args, *, store: bool = False) -> None:
     compiler.store_programs(args.cache_dir / PROGRAMS if use_store else None)
     if args.no_cache:
         return
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"--cache-dir {args.cache_dir}: {err.strerror}; pass another folder or --no-cache"
+        ) from None
     if not use_store:  # JAX's own persistent compilation cache
         jax.config.update("jax_enable_compilation_cache", True)
         jax.config.update("jax_compilation_cache_dir", str(args.cache_dir))

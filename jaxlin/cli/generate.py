@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 import time
-from pathlib import Path
 
-from jaxlin.cli.common import floats, interrupt_of
+from jaxlin.cli.common import floats, interrupt_of, path_flag
 
 # generate_shards names its arguments; the command line says the flag typed.
 FLAGS = {
@@ -27,7 +26,7 @@ def add_parser(sub) -> None:
         "dataset is replaced only with --overwrite.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g.add_argument("--out", type=Path, required=True, help="folder to write")
+    g.add_argument("--out", type=path_flag, required=True, help="folder to write")
     g.add_argument("--num-examples", type=int, required=True, help="rows in total")
     g.add_argument("--shards", type=int, default=1, help="files per array")
     g.add_argument(

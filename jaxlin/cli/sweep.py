@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 from typing import NamedTuple
 
 from jaxlin.cli.common import (
     add_jax_flags,
     add_problem_flags,
-    check_output,
+    check_paths,
     config_record,
     configure_jax,
     floats,
     interrupt_of,
+    path_flag,
     seed,
+    write_json,
 )
 
 DEFAULT_LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
@@ -106,8 +106,8 @@ def add_parser(sub) -> None:
         "--sigma", type=float, default=0.01,
         help="std of the initial weights (default: %(default)s)",
     )  # fmt: skip
-    s.add_argument("--plot", type=Path, default=None, help="write the sweep figure (PNG)")
-    s.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    s.add_argument("--plot", type=path_flag, default=None, help="write the sweep figure (PNG)")
+    s.add_argument("--json", type=path_flag, default=None, help="write the results as JSON")
     add_jax_flags(s)
 
 
@@ -135,8 +135,7 @@ def _finite_or_none(values):
 
 def run(args) -> dict:
     """Data (three-way split), sweep, table, choice, test loss; returns the JSON record."""
-    for flag, path in (("--plot", args.plot), ("--json", args.json)):
-        check_output(flag, path)
+    check_paths([("--json", args.json), ("--plot", args.plot)])
     if args.num_test < 1:
         raise ValueError(f"num_test must be an int >= 1, got {args.num_test}")
     check_sizes(args)
@@ -202,7 +201,7 @@ def run(args) -> dict:
     record["chosen"] = None if chosen is None else chosen._asdict()
     written = []
     if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2))
+        write_json(args.json, record)
         written.append(str(args.json))
         interrupt.saved = f"{', '.join(written)} written"
     if args.plot is not None:

@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import os
+import re
 import shlex
 import time
-from pathlib import Path
 
 from jaxlin.cli.common import (
     DEFAULT_CACHE,
     add_jax_flags,
     add_problem_flags,
-    check_output,
+    check_paths,
     config_record,
     configure_jax,
     given,
     interrupt_of,
     memory,
+    path_flag,
     seed,
+    write_json,
 )
 from jaxlin.config import ENGINES  # jaxlin (and JAX) are loaded before jaxlin.cli
 
 CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
+CHECKPOINT_FILES = re.compile(r"history\.[a-z0-9_]{8}\.bin|\.checkpoint\.npz\..*")  # the others
 
 # The flags that say which run a checkpoint belongs to (lr, batch size and clip are
 # added by fit_with_checkpoints; --epochs is not: a finished run can be extended).
@@ -79,15 +81,15 @@ def add_parser(sub) -> None:
         help="std of the initial weights (default: %(default)s)",
     )  # fmt: skip
     t.add_argument("--engine", choices=ENGINES, default="scan", help=ENGINE_HELP)
-    t.add_argument("--plot", type=Path, default=None, help="write the loss curves (PNG)")
+    t.add_argument("--plot", type=path_flag, default=None, help="write the loss curves (PNG)")
     t.add_argument(
-        "--plot-trajectory", type=Path, default=None, metavar="FILE",
+        "--plot-trajectory", type=path_flag, default=None, metavar="FILE",
         help="write SGD's path through (w1, w2) on the contours of the loss (2 features only)",
     )  # fmt: skip
-    t.add_argument("--json", type=Path, default=None, help="write the results as JSON")
+    t.add_argument("--json", type=path_flag, default=None, help="write the results as JSON")
     t.add_argument("--quiet", action="store_true", help="print only the final result")
     t.add_argument(
-        "--data", type=Path, default=None,
+        "--data", type=path_flag, default=None,
         help="train from the shards in this folder (streamed from disk; see jaxlin generate)",
     )  # fmt: skip
     t.add_argument(
@@ -100,7 +102,7 @@ def add_parser(sub) -> None:
     )
     t.add_argument(
         "--checkpoint-dir",
-        type=Path,
+        type=path_flag,
         default=None,
         help="write a checkpoint here after every epoch (and on Ctrl-C)",
     )
@@ -212,7 +214,7 @@ def check_checkpoint_flags(args) -> None:
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"--checkpoint-dir {folder}: exists and is not a folder")
     if args.resume and not (folder / CHECKPOINT_FILE).is_file():
-        raise FileNotFoundError(
+        raise ValueError(
             f"--checkpoint-dir {folder}: no {CHECKPOINT_FILE} to resume from "
             "(run without --resume to start)"
         )
@@ -237,11 +239,20 @@ def resume_command(args) -> str:
     return shlex.join([*words, "--resume"])
 
 
+def checkpoint_file(name: str) -> bool:
+    """Whether a file called ``name`` in a checkpoint folder is one jaxlin keeps there."""
+    return name == CHECKPOINT_FILE or bool(CHECKPOINT_FILES.fullmatch(name))
+
+
 def run(args) -> dict:
     """Data, init, fit, report; returns the JSON record."""
-    outputs = ("--plot", args.plot), ("--plot-trajectory", args.plot_trajectory)
-    for flag, path in (*outputs, ("--json", args.json)):
-        check_output(flag, path)
+    check_paths(
+        [("--json", args.json), ("--plot", args.plot), ("--plot-trajectory", args.plot_trajectory)],
+        folders=[
+            ("--data", args.data, None),
+            ("--checkpoint-dir", args.checkpoint_dir, checkpoint_file),
+        ],
+    )
     if args.plot_trajectory is not None and args.data is None and len(args.w) != 2:
         raise ValueError(
             f"--plot-trajectory draws the path through (w1, w2): it needs 2 features, "
@@ -314,7 +325,7 @@ def run(args) -> dict:
             data.val,
             checkpoint_dir=args.checkpoint_dir,
             resume=args.resume,
-            config=run_config,
+            run=run_config,
             callback=callback,
             **kwargs,
         )
@@ -382,7 +393,7 @@ def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
     interrupt = interrupt_of(args)
     written = []
     if args.json is not None:
-        args.json.write_text(json.dumps(record, indent=2))
+        write_json(args.json, record)
         written.append(str(args.json))
         interrupt.saved = f"{', '.join(written)} written"
     if args.plot is not None:

@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxlin import checks
 from jaxlin.data import TRUE_B, TRUE_W, synthetic_data
-from jaxlin.files import fsync_folder
+from jaxlin.files import fsync_folder, locked, unlocked
 
 MANIFEST = "manifest.json"
 FORMAT = "jaxlin-shards/1"
@@ -546,6 +546,27 @@ def _write_shards(
     return names
 
 
+NEW_INFIX = ".jaxlin-new-"  # ".NAME.jaxlin-new-XXXXXXXX": a dataset being written beside NAME
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Remove the folders that killed ``generate_shards`` runs into ``target`` left, and only those.
+
+    Such a folder has the name a run gives its new dataset and no live run
+    holds its lock; it holds only that run's shards.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.name)}{re.escape(NEW_INFIX)}[0-9a-f]{{8}}")
+    if not target.parent.is_dir():
+        return
+    for entry in os.scandir(target.parent):
+        if (
+            pattern.fullmatch(entry.name)
+            and entry.is_dir(follow_symlinks=False)
+            and unlocked(entry.path)
+        ):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def _swap_in(new: Path, target: Path) -> None:
     """Rename the complete ``new`` folder to ``target``; an old ``target`` is removed after.
 
@@ -647,30 +668,33 @@ def generate_shards(
         w = np.asarray(TRUE_W if d == 2 else jax.random.normal(key_w, (d,)), np.float64)
     counts = _split(n, shards)
     target.parent.mkdir(parents=True, exist_ok=True)
-    new = target.parent / f".{target.name}.jaxlin-new-{secrets.token_hex(4)}"
+    _remove_leftovers(target)
+    new = target.parent / f".{target.name}{NEW_INFIX}{secrets.token_hex(4)}"
     os.mkdir(new)
     try:
-        names = _write_shards(new, key_data, w, b, noise, counts, chunk, dtype, progress)
-        manifest = {
-            "format": FORMAT,
-            "num_examples": n,
-            "num_features": d,
-            "dtype": dtype.name,
-            "shards": [
-                {"X": x, "y": y, "num_examples": c} for (x, y), c in zip(names, counts, strict=True)
-            ],
-            "w": w.tolist(),
-            "b": b,
-            "noise": noise,
-            "chunk": chunk,
-        }
-        with open(new / MANIFEST, "x") as f:
-            f.write(json.dumps(manifest, indent=1))
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_folder(new)
-        _check_out_dir(out, target, overwrite)  # what is there is still only a dataset
-        _swap_in(new, target)
+        with locked(new):  # held while written: not a leftover to remove
+            names = _write_shards(new, key_data, w, b, noise, counts, chunk, dtype, progress)
+            manifest = {
+                "format": FORMAT,
+                "num_examples": n,
+                "num_features": d,
+                "dtype": dtype.name,
+                "shards": [
+                    {"X": x, "y": y, "num_examples": c}
+                    for (x, y), c in zip(names, counts, strict=True)
+                ],
+                "w": w.tolist(),
+                "b": b,
+                "noise": noise,
+                "chunk": chunk,
+            }
+            with open(new / MANIFEST, "x") as f:
+                f.write(json.dumps(manifest, indent=1))
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_folder(new)
+            _check_out_dir(out, target, overwrite)  # what is there is still only a dataset
+            _swap_in(new, target)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise
