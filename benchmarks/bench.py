@@ -46,7 +46,7 @@ except ImportError:  # the bench extra is not installed: skip the reference rows
     torch = None
 
 compiled = jax.jit(
-    jaxlin.run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "affine")
+    jaxlin.engines.run_epochs, static_argnames=("batch_size", "shuffle", "num_epochs", "affine")
 )
 
 
@@ -132,7 +132,10 @@ def problem(n: int, d: int, num_val: int = 1000, seed: int = 0):
 
 def orders_of(key, n: int, epochs: int) -> list[np.ndarray]:
     """The batch order of each epoch, exactly as every jaxlin engine reads it."""
-    return [np.asarray(jaxlin.permutation(jaxlin.epoch_key(key, e), n)) for e in range(epochs)]
+    return [
+        np.asarray(jaxlin.shuffle.permutation(jaxlin.shuffle.epoch_key(key, e), n))
+        for e in range(epochs)
+    ]
 
 
 @functools.cache
@@ -156,7 +159,9 @@ def optax_loop(params, data, key, *, lr, batch_size, epochs):
     opt, step = optax_step(lr)
     state = opt.init(params)
     for e in range(epochs):
-        for X, y in jaxlin.minibatches(*data.train, batch_size, key=jaxlin.epoch_key(key, e)):
+        for X, y in jaxlin.minibatches(
+            *data.train, batch_size, key=jaxlin.shuffle.epoch_key(key, e)
+        ):
             params, state, _ = step(params, state, X, y)
         jaxlin.loss_fn(params, *data.val).block_until_ready()
     return params

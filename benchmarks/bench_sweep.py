@@ -51,7 +51,7 @@ def main() -> None:
 
     data = jaxlin.synthetic_splits(jax.random.key(0), num_test=1000)
     key = jax.random.key(1)
-    init_key, shuffle_key = jaxlin.config_keys(key, 0)
+    init_key, shuffle_key = jaxlin.sweeps.config_keys(key, 0)
     params = jaxlin.init_params(init_key, 2)
     X, y = data.train
     lr, clip = 0.03, None  # as fit passes them: no clipping code in the program

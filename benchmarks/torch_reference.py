@@ -6,7 +6,7 @@ This is the seed's code (d2l 3.2-3.4) without the d2l package: the from-scratch
 ``step``/``zero_grad``, and ``Trainer.fit_epoch`` with a validation pass each
 epoch. One change, so that every implementation sees the same batches: where the
 seed calls ``random.shuffle(indices)``, the epoch's order is passed in
-(``orders[epoch]``, made by ``jaxlin.permutation``). It is used by the
+(``orders[epoch]``, made by ``jaxlin.shuffle.permutation``). It is used by the
 benchmarks as the baseline and is not part of jaxlin.
 """
 

@@ -84,16 +84,22 @@ def _parse(path: Path) -> Module:
     tree = ast.parse(path.read_text(), filename=str(path))
     module = Module(name, path, tree, None)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    constants = {}  # top-level literals, which ``__all__`` may be computed from
     for node in _top_level(tree.body):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             module.defined[node.name] = node
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in (n for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)):
-                if target.id == "__all__":
-                    module.all = list(ast.literal_eval(node.value))
+                if target.id == "__all__":  # a literal, or an expression of literals
+                    code = compile(ast.Expression(node.value), str(path), "eval")
+                    module.all = list(eval(code, {"__builtins__": {}, **constants}))
                 else:  # a, b = ... defines both
                     module.defined[target.id] = node
+                    try:
+                        constants[target.id] = ast.literal_eval(node.value)
+                    except (ValueError, TypeError, SyntaxError):  # not a literal
+                        pass
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:

@@ -1,5 +1,5 @@
 """``python -m jaxlin``: the same as the ``jaxlin`` script."""
 
-from jaxlin.cli import entry
+from jaxlin.command import entry
 
 entry()

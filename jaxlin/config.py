@@ -16,8 +16,7 @@ import weakref
 import jax
 
 from jaxlin import checks
-
-ENGINES = ("scan", "affine", "step", "eager")
+from jaxlin.choices import ENGINES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -78,7 +78,7 @@ def plot_sweep(result, *, axes=None):
     """
     import matplotlib.pyplot as plt
 
-    from jaxlin.sweep import select, summarize
+    from jaxlin.sweeps import select, summarize
     from jaxlin.trainer import TrainingDiverged
 
     if axes is None:

@@ -114,7 +114,7 @@ check_same("synthetic data", ((X_train, y_train), (X_val, y_val)), (data.train, 
 # Training makes several passes over the data, taking one minibatch at a time
 # and updating the model with it. The lecture's `get_dataloader` shuffles a
 # list of indices with `random.shuffle` and yields slices of `batch_size`
-# examples. Ours does the same with a keyed shuffle: `jaxlin.permutation(key,
+# examples. Ours does the same with a keyed shuffle: `jaxlin.shuffle.permutation(key,
 # n)` is a random order of `0 .. n-1` drawn from the key (like
 # `jax.random.permutation`, but cheaper for large `n`). The last batch is
 # smaller when the batch size does not divide `n`.
@@ -123,7 +123,7 @@ check_same("synthetic data", ((X_train, y_train), (X_val, y_val)), (data.train, 
 # %%
 def data_iter(X, y, batch_size, key):
     """Minibatches (X_batch, y_batch) of one epoch, in the random order drawn from key."""
-    order = jaxlin.permutation(key, X.shape[0])
+    order = jaxlin.shuffle.permutation(key, X.shape[0])
     for start in range(0, X.shape[0], batch_size):
         idx = order[start : start + batch_size]
         yield X[idx], y[idx]
@@ -361,7 +361,7 @@ plt.show()
 path = jaxlin.trajectory(params0, data.train, **fit_args)
 print("recorded steps:", path.shape[0] - 1, "- rows [w1, w2, b]; the last:", path[-1])
 check_same("last recorded point vs fit", path[-1], jnp.append(params["w"], params["b"]))
-jaxlin.plot_trajectory({"batch 32, lr 0.03": path}, data.train, title="SGD path, 3 epochs")
+jaxlin.plot.plot_trajectory({"batch 32, lr 0.03": path}, data.train, title="SGD path, 3 epochs")
 plt.show()
 
 # %% [markdown]

@@ -166,7 +166,7 @@ print(
     "epoch 0 again gives the same numbers:",
     bool(
         jnp.array_equal(
-            jax.random.normal(jaxlin.epoch_key(key_demo, 0), (3,)),
+            jax.random.normal(jaxlin.shuffle.epoch_key(key_demo, 0), (3,)),
             jax.random.normal(jax.random.fold_in(key_demo, 0), (3,)),
         )
     ),
@@ -392,7 +392,7 @@ print("jnp.where:", jax.jit(lambda x: jnp.where(x > 0, x, 0.0))(jnp.float32(2.0)
 #
 # ## 6. `jax.vmap`: many models at once
 #
-# A pure training function can be vectorised. `jaxlin.run_epochs` is the
+# A pure training function can be vectorised. `jaxlin.engines.run_epochs` is the
 # (unjitted) function behind `fit`'s scan engine; `jax.vmap` over its
 # parameters, shuffling key and learning rate turns it into a function that
 # trains a whole batch of models, each with its own initialisation, shuffle and
@@ -407,7 +407,7 @@ params_batch = jax.vmap(lambda k: jaxlin.init_params(k, 2))(init_keys)
 
 train_many = jax.jit(
     jax.vmap(
-        functools.partial(jaxlin.run_epochs, batch_size=32, shuffle=True, num_epochs=3),
+        functools.partial(jaxlin.engines.run_epochs, batch_size=32, shuffle=True, num_epochs=3),
         in_axes=(0, None, None, None, 0, None, 0, None),
     )
 )

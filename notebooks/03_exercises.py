@@ -72,7 +72,7 @@ print("history.train_loss shape (epochs, steps):", history.train_loss.shape)
 
 # %%
 n, batch_size = X_train.shape[0], 64
-order = jaxlin.permutation(jaxlin.epoch_key(key_shuffle, 0), n)
+order = jaxlin.shuffle.permutation(jaxlin.shuffle.epoch_key(key_shuffle, 0), n)
 kept = order[: (n // batch_size) * batch_size].reshape(-1, batch_size)
 print("drop_last batches:", kept.shape, "- left out this epoch:", n - kept.size, "examples")
 
@@ -86,7 +86,7 @@ print("drop_last batches:", kept.shape, "- left out this epoch:", n - kept.size,
 #
 # The shuffle needs a permutation that can be evaluated at any position on
 # its own, without building (or sorting) an array of all `n` indices.
-# `jaxlin.permute_indices` is such a keyed bijection (a Feistel network): the
+# `jaxlin.shuffle.permute_indices` is such a keyed bijection (a Feistel network): the
 # index at position `i` of a shuffle of a billion rows costs a few hashes and
 # no memory for the other positions, so each block can compute just its own
 # rows and read them.
@@ -94,7 +94,7 @@ print("drop_last batches:", kept.shape, "- left out this epoch:", n - kept.size,
 # %%
 n_huge = 10**9
 positions = jnp.arange(8)
-print("first 8 rows to read:", jaxlin.permute_indices(key_shuffle, positions, n_huge))
+print("first 8 rows to read:", jaxlin.shuffle.permute_indices(key_shuffle, positions, n_huge))
 
 # %% [markdown]
 # `jaxlin.stream` puts this together. `generate_shards` writes a dataset to a
@@ -506,7 +506,7 @@ def train_with_loss(params, X, y, lr, key, loss_index, *, epochs, batch_size=32)
         return params, params["b"][0]
 
     def epoch(params, e):
-        order = jaxlin.permutation(jaxlin.epoch_key(key, e), n)
+        order = jaxlin.shuffle.permutation(jaxlin.shuffle.epoch_key(key, e), n)
         return jax.lax.scan(step, params, order[: steps * batch_size].reshape(steps, batch_size))
 
     params, b_path = jax.lax.scan(epoch, params, jnp.arange(epochs))
@@ -562,7 +562,7 @@ plt.show()
 #   linear above, so its gradient is the residual, clipped to `±delta`. Near
 #   the optimum it behaves like the squared loss (precise), and an outlier's
 #   pull is bounded like the absolute loss's (robust). Clipping the gradient
-#   (`jaxlin.clip_by_global_norm`, `fit(gradient_clip_val=...)`) is the other
+#   (`jaxlin.optim.clip_by_global_norm`, `fit(gradient_clip_val=...)`) is the other
 #   cheap fix the hint points at: it bounds the *step* rather than each example's
 #   contribution.
 #

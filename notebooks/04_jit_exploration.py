@@ -410,7 +410,7 @@ fig, axes = plt.subplots(2, 3, figsize=(12, 7.6), layout="constrained")
 for ax, (title, run) in zip(axes.ravel(), RUNS, strict=True):
     path = jaxlin.trajectory(params0, seed.train, key=key_shuffle, **run)
     label = f"{path.shape[0] - 1} steps"
-    jaxlin.plot_trajectory({label: path}, seed.train, ax, title=title)
+    jaxlin.plot.plot_trajectory({label: path}, seed.train, ax, title=title)
 plt.show()
 
 # %% [markdown]

@@ -62,11 +62,12 @@ API = [
     ("minibatches bad key", lambda t: jaxlin.minibatches(X4, Y4, 2, key=7), TypeError,
      r"key must be a jax.random.key\(seed\), got int"),
     # shuffle
-    ("permutation n=0", lambda t: jaxlin.permutation(KEY, 0), ValueError,
+    ("permutation n=0", lambda t: jaxlin.shuffle.permutation(KEY, 0), ValueError,
      r"n must be an int in \[1, 2\*\*31\), got 0"),
-    ("permutation int key", lambda t: jaxlin.permutation(3, 5), TypeError,
+    ("permutation int key", lambda t: jaxlin.shuffle.permutation(3, 5), TypeError,
      r"key must be a jax.random.key\(seed\), got int"),
-    ("permute_indices floats", lambda t: jaxlin.permute_indices(KEY, jnp.ones(3), 5), TypeError,
+    ("permute_indices floats", lambda t: jaxlin.shuffle.permute_indices(KEY, jnp.ones(3), 5),
+     TypeError,
      r"positions must be integers, got dtype float32"),
     # model
     ("init_params sigma<0", lambda t: jaxlin.init_params(KEY, 2, sigma=-1.0), ValueError,

@@ -143,16 +143,17 @@ def _jaxlin(args, cwd, **kwargs):
 
 def test_a_json_that_cannot_be_written_leaves_the_old_file_whole_and_exits_1(tmp_path):
     """A write that fails at run time (here a file-size limit) names the file, exit status 1."""
-    import resource
-
     old = json.dumps({"an": "earlier result"})
     (tmp_path / "out.json").write_text(old)
 
-    def small_files():  # 1 KiB: less than the record, more than nothing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
-
     args = ["train", "--num-train", "32", "--num-val", "8", "--quiet", "--no-cache", "--json"]
-    done = _jaxlin([*args, "out.json"], tmp_path, preexec_fn=small_files)
+    small_files = (  # files of at most 1 KiB: less than the record, more than nothing
+        f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
+        f"sys.argv = ['jaxlin', *{[*args, 'out.json']!r}]; "
+        f"runpy.run_module('jaxlin', run_name='__main__', alter_sys=True)"
+    )
+    done = subprocess.run([sys.executable, "-c", small_files], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert done.stderr == "jaxlin: error: cannot write out.json: File too large\n"
     assert (tmp_path / "out.json").read_text() == old  # replaced whole or not at all

@@ -29,7 +29,7 @@ FUNCTIONS = {
     "linreg": lambda p, X, y: jaxlin.linreg(p, X),
     "squared_loss": lambda p, X, y: jaxlin.squared_loss(jaxlin.linreg(p, X), y),
     "sgd": lambda p, X, y: jaxlin.sgd(p, jax.grad(jaxlin.loss_fn)(p, X, y), 0.1),
-    "clip_by_global_norm": lambda p, X, y: jaxlin.clip_by_global_norm(
+    "clip_by_global_norm": lambda p, X, y: jaxlin.optim.clip_by_global_norm(
         jax.grad(jaxlin.loss_fn)(p, X, y), 0.5
     ),
     "train_step": lambda p, X, y: jaxlin.train_step(p, X, y, 0.1, 0.5),
@@ -123,7 +123,7 @@ def test_step_engine_compiles_nothing_that_grows_with_the_number_of_steps(key):
         n = steps * 32 - 24  # the same last batch of 8 rows
         X, y = jaxlin.synthetic_data(key, [1.0, 2.0], 0.5, n)
         p = jaxlin.init_params(key, 2)
-        ekey = jaxlin.epoch_key(key, 0)
+        ekey = jaxlin.shuffle.epoch_key(key, 0)
         for Xb, yb in jaxlin.minibatches(X, y, 32, key=ekey):  # the epoch's programs
             jaxlin.train_step(p, Xb, yb, 0.03)
         with count_compiles() as compiles:

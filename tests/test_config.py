@@ -184,24 +184,33 @@ def test_checks_of_the_same_arrays_are_remembered_only_while_they_cannot_change(
     assert alive() is None  # not held by what fit remembers
 
 
-def test_import_loads_the_lectures_path_and_every_name_on_first_use():
-    """import jaxlin loads neither plotting, checkpoints, sweeps nor the trajectory; each
-    public name is still listed by dir() and loads when first used."""
+def test_import_loads_nothing_and_every_name_on_first_use():
+    """import jaxlin loads no JAX (the command installs its Ctrl-C handler first); a first
+    fit loads neither plotting, checkpoints, sweeps nor the trajectory; each public name
+    is listed by dir() and loads from its own module when first used."""
     code = """
 import sys
 import jaxlin
-late = ("jaxlin.checkpoint", "jaxlin.sweep", "jaxlin.plot", "jaxlin.engines.trajectory",
+assert "jax" not in sys.modules, "import jaxlin loaded JAX"
+assert set(jaxlin.__all__) <= set(dir(jaxlin))
+jaxlin.fit
+late = ("jaxlin.checkpoint", "jaxlin.sweeps", "jaxlin.plot", "jaxlin.engines.trajectory",
         "matplotlib")
 assert not [m for m in late if m in sys.modules], [m for m in late if m in sys.modules]
-assert set(jaxlin.__all__) <= set(dir(jaxlin))
-assert jaxlin.save_checkpoint.__module__ == "jaxlin.checkpoint"
-from jaxlin import select, sweep  # the module's other names first: sweep is the function
-assert callable(sweep) and jaxlin.sweep is sweep and "jaxlin.sweep" in sys.modules
-import jaxlin.sweep
-assert jaxlin.sweep is sweep and jaxlin.checkpoint.load_checkpoint is jaxlin.load_checkpoint
+assert jaxlin.checkpoint.save_checkpoint.__module__ == "jaxlin.checkpoint"
+from jaxlin import sweep
+from jaxlin.sweeps import select
+assert jaxlin.sweep is sweep is jaxlin.sweeps.sweep
+assert jaxlin.checkpoint.load_checkpoint is jaxlin.load_checkpoint
 for name in jaxlin.__all__:
     if name != "SGDLinearRegression" or __import__("importlib").util.find_spec("sklearn"):
-        getattr(jaxlin, name)
+        assert name.isupper() or getattr(jaxlin, name).__module__.startswith("jaxlin"), name
+try:
+    jaxlin.no_such_name
+except AttributeError as err:
+    assert "no attribute 'no_such_name'" in str(err)
+else:
+    raise AssertionError("jaxlin.no_such_name did not raise")
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

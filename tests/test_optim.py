@@ -35,17 +35,19 @@ def test_clipping_matches_optax(key):
     grads = jax.tree.map(lambda g: 10 * g, _tree(key))
     for max_norm in (0.1, 1.0, 1e6):
         expected, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
-        got = jaxlin.clip_by_global_norm(grads, max_norm)
+        got = jaxlin.optim.clip_by_global_norm(grads, max_norm)
         for k in grads:
             np.testing.assert_allclose(got[k], expected[k], rtol=1e-6)
     np.testing.assert_allclose(
-        jaxlin.global_norm(jaxlin.clip_by_global_norm(grads, 0.1)), 0.1, rtol=1e-6
+        jaxlin.optim.global_norm(jaxlin.optim.clip_by_global_norm(grads, 0.1)), 0.1, rtol=1e-6
     )
 
 
 def test_zero_clip_means_no_clipping(key):
     grads = jax.tree.map(lambda g: 100 * g, _tree(key))
-    got = jaxlin.clip_by_global_norm(grads, 0.0)
+    got = jaxlin.optim.clip_by_global_norm(grads, 0.0)
     for k in grads:
         np.testing.assert_array_equal(got[k], grads[k])
-    assert float(jaxlin.global_norm(grads)) > 1.0 and jnp.isfinite(jaxlin.global_norm(grads))
+    assert float(jaxlin.optim.global_norm(grads)) > 1.0 and jnp.isfinite(
+        jaxlin.optim.global_norm(grads)
+    )

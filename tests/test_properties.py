@@ -32,7 +32,11 @@ def test_compiled_engine_uses_every_example_exactly_once_per_epoch(n, batch, see
     before = np.zeros(n)
     for end in ends:
         e = end.epoch
-        order = np.asarray(jaxlin.permutation(epoch_key(key, e), n)) if shuffle else np.arange(n)
+        order = (
+            np.asarray(jaxlin.shuffle.permutation(epoch_key(key, e), n))
+            if shuffle
+            else np.arange(n)
+        )
         size = np.empty(n)  # the size of the batch that should hold each row
         for start in range(0, n, batch):
             size[order[start : start + batch]] = len(order[start : start + batch])

@@ -102,7 +102,7 @@ def test_every_example_read_exactly_once_per_epoch(tmp_path, key, order):
         np.testing.assert_array_equal(np.bincount(seen, minlength=n), np.ones(n))
         ekey = jax.random.fold_in(key, epoch)
         expected = (
-            jaxlin.permutation(ekey, n)
+            jaxlin.shuffle.permutation(ekey, n)
             if order == "exact"
             else shuffle.permute_runs(
                 ekey, np.arange(n), n, stream.RUN_LENGTH, stream.RUNS_PER_BLOCK
@@ -244,7 +244,7 @@ def test_reader_from_files_reads_the_rows_of_the_resident_one(
     apart share a read (12 bytes each); 2**30: one read per piece. 100
     bytes: a piece ends at every 8 rows of the file.)
     """
-    idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:500]
+    idx = np.asarray(jaxlin.shuffle.permutation(key, shards.num_examples))[:500]
     idx = np.concatenate([idx, idx[:20], np.arange(40, 90)])  # rows twice, and consecutive rows
     resident = stream.ShardReader(shards, threads=1)
     files = stream.ShardReader(
@@ -316,7 +316,7 @@ def test_reader_without_positional_reads_reads_the_same_rows(shards, key, monkey
     monkeypatch.delattr(os, "preadv", raising=False)
     monkeypatch.setattr(reader_module, "_pread", reader_module._seek_read)
     monkeypatch.setattr(reader_module, "_POSITIONAL_READS", False)
-    idx = np.asarray(jaxlin.permutation(key, shards.num_examples))[:400]
+    idx = np.asarray(jaxlin.shuffle.permutation(key, shards.num_examples))[:400]
     X, y = load_all(shards)
     for budget in (1 << 30, 0):
         reader = stream.ShardReader(shards, budget_bytes=budget, threads=4)

@@ -42,7 +42,7 @@ def test_shapes(result):
 @pytest.mark.parametrize("i, j", [(0, 0), (1, 1), (2, 0), (2, 1)])
 def test_each_configuration_is_its_own_fit(data, result, i, j):
     """Configuration (lrs[i], seeds[j]) == fit with config_keys(key, seed), to 1e-6."""
-    init_key, shuffle_key = jaxlin.config_keys(jax.random.key(1), int(result.seeds[j]))
+    init_key, shuffle_key = jaxlin.sweeps.config_keys(jax.random.key(1), int(result.seeds[j]))
     params, hist = jaxlin.fit(
         jaxlin.init_params(init_key, 2), data.train, data.val,
         lr=LRS[i], max_epochs=2, batch_size=32, key=shuffle_key,
@@ -80,7 +80,7 @@ def test_every_code_path_of_the_grid_is_fit(d, lrs, seeds, options):
                           max_epochs=2, per_step=True, **options)  # fmt: skip
     assert result.val_loss.shape == (len(lrs), len(seeds), 2)
     for i, j in {(0, 0), (len(lrs) - 1, len(seeds) - 1), (len(lrs) - 1, 0)}:
-        init_key, shuffle_key = jaxlin.config_keys(key, seeds[j])
+        init_key, shuffle_key = jaxlin.sweeps.config_keys(key, seeds[j])
         params, hist = jaxlin.fit(jaxlin.init_params(init_key, d), s.train, s.val, lr=lrs[i],
                                   max_epochs=2, key=shuffle_key, **options)  # fmt: skip
         assert_config_is_fit(result, i, j, params, hist, s.test)
@@ -98,7 +98,7 @@ def test_select_picks_the_least_mean_val_loss_and_reports_its_test_loss(result):
     """Two epochs on 200 examples: a larger lr (all three are stable) ends lower."""
     final = result.val_loss[..., -1].mean(axis=1)
     assert np.argmin(final) == 2  # the case where the answer is known
-    chosen = jaxlin.select(result)
+    chosen = jaxlin.sweeps.select(result)
     assert chosen.index == 2 and chosen.lr == pytest.approx(0.2)
     assert chosen.val_loss == pytest.approx(final[2], rel=1e-6)
     assert chosen.test_loss == pytest.approx(result.test_loss[2].mean(), rel=1e-6)
@@ -110,12 +110,12 @@ def test_select_ignores_a_better_looking_lr_with_a_diverged_seed(result):
     fake = result._replace(
         val_loss=val, diverged=~np.isfinite(val[..., -1]), test_loss=np.ones((3, 2))
     )
-    summary = jaxlin.summarize(fake)
+    summary = jaxlin.sweeps.summarize(fake)
     np.testing.assert_array_equal(summary.num_diverged, [1, 0, 0])
     assert np.isnan(summary.val_mean[0]) and summary.val_mean[2] == 5.5
-    assert jaxlin.select(fake).index == 1
+    assert jaxlin.sweeps.select(fake).index == 1
     with pytest.raises(jaxlin.TrainingDiverged, match="every learning rate diverged"):
-        jaxlin.select(fake._replace(diverged=np.ones((3, 2), bool)))
+        jaxlin.sweeps.select(fake._replace(diverged=np.ones((3, 2), bool)))
 
 
 def test_a_diverging_lr_is_flagged_and_leaves_the_others_alone(data, result):
@@ -127,8 +127,8 @@ def test_a_diverging_lr_is_flagged_and_leaves_the_others_alone(data, result):
     for k in result.params:
         np.testing.assert_allclose(wild.params[k][:3], result.params[k], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(wild.val_loss[:3], result.val_loss, rtol=1e-6)
-    assert jaxlin.select(wild).index == jaxlin.select(result).index
-    assert np.isnan(jaxlin.summarize(wild).val_mean[3])
+    assert jaxlin.sweeps.select(wild).index == jaxlin.sweeps.select(result).index
+    assert np.isnan(jaxlin.sweeps.summarize(wild).val_mean[3])
 
 
 def test_no_recompile_for_new_lr_and_seed_values(data):
@@ -153,7 +153,7 @@ def test_lr_range_is_parsed_without_making_its_values():
 
 
 def test_grid_memory_counts_every_step_loss_of_every_configuration():
-    from jaxlin.sweep import grid_values
+    from jaxlin.sweeps import grid_values
 
     small = grid_values(3, 2, 200, 2, max_epochs=2, batch_size=32)
     assert small >= 3 * 2 * 2 * 7  # the per-step losses alone: L x S x epochs x steps

@@ -40,7 +40,7 @@ def test_step_trajectory_matches_optax_at_every_step(problem):
         del epoch
 
 
-@pytest.mark.parametrize("engine", jaxlin.ENGINES)
+@pytest.mark.parametrize("engine", jaxlin.choices.ENGINES)
 def test_fit_in_order_matches_optax_loop(problem, engine):
     """fit(shuffle=False) == a plain optax loop over the same ordered batches."""
     s, params = problem
@@ -65,7 +65,7 @@ def test_engines_agree_on_shuffled_batches(problem, key):
     s, params = problem
     runs = {
         e: jaxlin.fit(params, s.train, s.val, max_epochs=3, batch_size=32, key=key, engine=e)
-        for e in jaxlin.ENGINES
+        for e in jaxlin.choices.ENGINES
     }
     ref_params, ref_hist = runs["step"]
     for params_e, hist_e in runs.values():
@@ -82,7 +82,7 @@ def test_history_shapes_and_validation_loss(problem, key):
     assert hist.val_loss.shape == (4,)
     np.testing.assert_allclose(hist.val_loss[-1], jaxlin.loss_fn(out, *s.val), rtol=1e-6)
     first = jaxlin.loss_fn(
-        params, *jaxlin.minibatches(*s.train, 64, key=jaxlin.epoch_key(key, 0)).__next__()
+        params, *jaxlin.minibatches(*s.train, 64, key=jaxlin.shuffle.epoch_key(key, 0)).__next__()
     )
     np.testing.assert_allclose(hist.train_loss[0, 0], first, rtol=1e-6)
     assert jaxlin.fit(params, s.train, max_epochs=1, key=key)[1].val_loss is None

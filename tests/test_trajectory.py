@@ -51,7 +51,7 @@ def test_each_row_is_the_lectures_loop_after_that_step(problem):
     expected = [np.asarray(flatten(params))]
     p = params
     for epoch in range(2):
-        batches = jaxlin.minibatches(*data.train, 32, key=jaxlin.epoch_key(key, epoch))
+        batches = jaxlin.minibatches(*data.train, 32, key=jaxlin.shuffle.epoch_key(key, epoch))
         for X, y in batches:
             p, _ = jaxlin.train_step(p, X, y, 0.03)
             expected.append(np.asarray(flatten(p)))
@@ -82,7 +82,7 @@ def test_plot_trajectory_draws_contours_paths_and_the_solution(problem):
         f"lr {lr}": jaxlin.trajectory(params, data.train, key=key, lr=lr, max_epochs=1)
         for lr in (0.03, 0.3)
     }
-    ax = jaxlin.plot_trajectory(paths, data.train, Figure().subplots(), title="t")
+    ax = jaxlin.plot.plot_trajectory(paths, data.train, Figure().subplots(), title="t")
     labels = [line.get_label() for line in ax.get_lines()]
     assert {"lr 0.03", "lr 0.3", "least squares"} <= set(labels)
     assert ax.get_title() == "t" and ax.get_xlabel() and ax.get_ylabel()
@@ -107,11 +107,11 @@ def test_profile_loss_is_the_loss_at_the_best_bias(problem):
 def test_plot_trajectory_refuses_other_shapes(problem):
     data, _, _ = problem
     with pytest.raises(ValueError, match="steps \\+ 1, 3"):
-        jaxlin.plot_trajectory(np.zeros((5, 4)), data.train, Figure().subplots())
+        jaxlin.plot.plot_trajectory(np.zeros((5, 4)), data.train, Figure().subplots())
 
 
 def test_save_trajectory_plot_writes_a_file(problem, tmp_path):
     data, params, key = problem
     path = jaxlin.trajectory(params, data.train, key=key, max_epochs=1)
-    jaxlin.save_trajectory_plot(path, data.train, tmp_path / "t.png", title="t")
+    jaxlin.plot.save_trajectory_plot(path, data.train, tmp_path / "t.png", title="t")
     assert (tmp_path / "t.png").stat().st_size > 0

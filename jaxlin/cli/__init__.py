@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import itertools
-import logging
 import os
 import re
 import signal
 import sys
 import threading
-from typing import NoReturn
 
 from jaxlin.cli import generate, sweep, train
-from jaxlin.cli.common import Interrupt
+from jaxlin.command import Interrupt
 
 COMMANDS = {"train": train, "sweep": sweep, "generate": generate}
 
@@ -184,44 +182,23 @@ def _install(interrupt: Interrupt):
     return signal.signal(signal.SIGINT, interrupt.handle)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxlin`` script; returns the exit status.
+def main(argv: list[str] | None = None, *, interrupt: Interrupt | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns the exit status.
 
     Usage errors exit with status 2 (``SystemExit``, as argparse does);
-    ``--help`` and ``--version`` exit with 0.
+    ``--help`` and ``--version`` exit with 0. ``interrupt``: the Ctrl-C flag
+    already installed as the SIGINT handler (by ``jaxlin.command.entry``);
+    without it, one is installed for the call and the previous handler restored.
     """
-    interrupt = Interrupt()
-    previous = _install(interrupt)  # first: a Ctrl-C from here on is never a traceback
+    previous = None
+    if interrupt is None:
+        interrupt = Interrupt()
+        previous = _install(interrupt)  # first: a Ctrl-C from here on is never a traceback
     try:
         return _run(sys.argv[1:] if argv is None else list(argv), interrupt)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-
-
-def entry() -> NoReturn:
-    """The ``jaxlin`` script and ``python -m jaxlin``: ``main``, then a quick exit.
-
-    Once the command is done and its output flushed, the process ends without
-    tearing down the interpreter (JAX's objects take a fifth of a second to
-    free, for nothing the command still needs). ``main`` itself returns, for
-    callers in Python.
-    """
-    try:
-        status = main()
-    except SystemExit as exit:  # usage errors, --help, --version
-        status = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-        if exit.code is not None and not isinstance(exit.code, int):
-            print(exit.code, file=sys.stderr)
-    for stream in (sys.stdout, sys.stderr):
-        if stream is None:  # started with the stream closed (>&-)
-            continue
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # the reader left, a full disk, a closed stream
-            status = status or 1
-    logging.shutdown()
-    os._exit(status)
 
 
 def _run(argv: list[str], interrupt: Interrupt) -> int:

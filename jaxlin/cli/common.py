@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from jaxlin.command import Interrupt
+
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "jaxlin" / "xla"
 
 PROGRAMS = "programs"  # the folder of --cache-dir that holds jaxlin's stored programs
@@ -97,37 +99,6 @@ def config_record(args) -> dict:
     return {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in skip
     }
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, honoured at a safe point; the message says what was saved."""
-
-
-class Interrupt:
-    """Ctrl-C as a flag: the handler only records it and the run stops at its next check.
-
-    Raising from the handler could land inside a JAX callback or a compiled
-    call's Python glue, where the exception is printed and dropped; a flag
-    checked after each step of the run cannot be lost. A second Ctrl-C ends
-    the process at once (``saved`` says what is on disk by then).
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.saved = "nothing saved"
-
-    def handle(self, signum, frame) -> None:
-        """The SIGINT handler: count; the second one exits now, with one line."""
-        del signum, frame
-        self.count += 1
-        if self.count > 1:
-            os.write(2, f"jaxlin: interrupted twice: stopped at once; {self.saved}\n".encode())
-            os._exit(130)
-
-    def check(self, message: str) -> None:
-        """Raise ``Interrupted(message)`` if Ctrl-C was pressed."""
-        if self.count:
-            raise Interrupted(message)
 
 
 def interrupt_of(args) -> Interrupt:

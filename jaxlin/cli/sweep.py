@@ -114,7 +114,7 @@ def add_parser(sub) -> None:
 def check_sizes(args) -> None:
     """Refuse a grid or data too large for this machine, before anything is made."""
     from jaxlin.cli.common import memory
-    from jaxlin.sweep import check_grid_memory
+    from jaxlin.sweeps import check_grid_memory
 
     num_lrs = args.lr_range.count if args.lr_range else len(args.lr or DEFAULT_LRS)
     sizes = {"--num-train": args.num_train, "--num-val": args.num_val, "--num-test": args.num_test}
@@ -162,7 +162,7 @@ def run(args) -> dict:
     interrupt.check("interrupted after the sweep's training, before its report; nothing saved")
     num = result.diverged.size
     print(f"{num} configurations ({len(result.lrs)} lr x {args.seeds} seeds) in {seconds:.2f} s")
-    summary = jaxlin.summarize(result)
+    summary = jaxlin.sweeps.summarize(result)
     print(f"{'lr':>10}  {'val loss mean':>13}  {'std':>9}  {'min':>9}  {'max':>9}")
     for i, lr in enumerate(result.lrs):
         if summary.num_diverged[i]:
@@ -190,7 +190,7 @@ def run(args) -> dict:
         "backend": jax.default_backend(),
     }
     try:
-        chosen = jaxlin.select(result)
+        chosen = jaxlin.sweeps.select(result)
     except jaxlin.TrainingDiverged as err:  # write what was measured, then report
         chosen, failure = None, err
     if chosen is not None:

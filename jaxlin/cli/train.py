@@ -10,6 +10,7 @@ import re
 import shlex
 import time
 
+from jaxlin.choices import ENGINES, ORDERS
 from jaxlin.cli.common import (
     DEFAULT_CACHE,
     add_jax_flags,
@@ -24,7 +25,6 @@ from jaxlin.cli.common import (
     seed,
     write_json,
 )
-from jaxlin.config import ENGINES  # jaxlin (and JAX) are loaded before jaxlin.cli
 
 CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
 CHECKPOINT_FILES = re.compile(r"history\.[a-z0-9_]{8}\.bin|\.checkpoint\.npz\..*")  # the others
@@ -94,7 +94,7 @@ def add_parser(sub) -> None:
     )  # fmt: skip
     t.add_argument(
         "--order",
-        choices=("exact", "runs"),
+        choices=ORDERS,
         default="exact",
         help="with --data: 'exact' is fit's shuffle (a random read per row); 'runs' shuffles "
         "runs of 64 examples and reads across them (faster from disk, a coarser shuffle) "
@@ -376,7 +376,7 @@ def write_trajectory(args, params, train, key, written: list[str]) -> None:
         batch_size=args.batch_size, gradient_clip_val=args.clip,
     )  # fmt: skip
     title = f"SGD path: lr={args.lr}, batch={args.batch_size}, {args.epochs} epochs"
-    jaxlin.save_trajectory_plot(path, train, args.plot_trajectory, title=title)
+    jaxlin.plot.save_trajectory_plot(path, train, args.plot_trajectory, title=title)
     written.append(str(args.plot_trajectory))
     interrupt_of(args).saved = f"{', '.join(written)} written"
 

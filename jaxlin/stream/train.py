@@ -40,6 +40,7 @@ import numpy as np
 
 from jaxlin import checks
 from jaxlin import config as configs
+from jaxlin.choices import ORDERS
 from jaxlin.config import TrainConfig
 from jaxlin.engines import compiler
 from jaxlin.engines.compiled import fused_loss, scan_batches
@@ -50,7 +51,6 @@ from jaxlin.stream.reader import ShardReader
 from jaxlin.train import step
 from jaxlin.trainer import EpochEnd, History, run_loop
 
-ORDERS = ("exact", "runs")  # fit's permutation, or permute_runs (reads in runs)
 RUN_LENGTH = 64  # examples per run of the "runs" order
 RUNS_PER_BLOCK = 1024  # its blocks: 65,536 examples
 
