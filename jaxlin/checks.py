@@ -59,6 +59,24 @@ def finite_float(name: str, value, *, positive: bool = False, nonnegative: bool 
     return value
 
 
+def representable(name: str, value: float, dtype) -> None:
+    """Refuse a positive ``value`` that ``dtype`` would turn into 0 or Inf (a step that
+    silently does nothing, or diverges at once), naming it."""
+    dtype = np.dtype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        cast = dtype.type(value)
+    if cast == 0 and value != 0:
+        raise ValueError(
+            f"{name} rounds to 0 in {dtype.name}, the data's dtype: got {value!r}; "
+            f"the smallest is {float(np.finfo(dtype).smallest_subnormal):.3g} (use float64 data)"
+        )
+    if not np.isfinite(cast):
+        raise ValueError(
+            f"{name} overflows {dtype.name}, the data's dtype: got {value!r}; "
+            f"the largest is {float(np.finfo(dtype).max):.3g}"
+        )
+
+
 def key(name: str, value) -> jax.Array:
     """A typed ``jax.random.key`` (legacy uint32 keys are wrapped)."""
     if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
@@ -177,15 +195,43 @@ def true_params(w, b) -> tuple[np.ndarray, np.ndarray]:
     Host arrays of JAX's default float (float32, or float64 when the user
     enabled x64 mode): the draw that uses them takes them as arguments.
     """
+    dtype = np.dtype(jnp.result_type(float))
     try:
-        w_host = np.asarray(w, dtype=jnp.result_type(float))
+        wide = np.asarray(w, dtype=np.float64)  # the values as given, before the cast
     except (TypeError, ValueError):
         raise TypeError(f"w must be a 1-D sequence of numbers, got {w!r:.60}") from None
-    w = float_array("w", w_host, ndim=(1,), device=False)
+    wide = float_array("w", wide, ndim=(1,), device=False)
     if np.ndim(b) != 0:
         raise ValueError(f"b must be a scalar, got shape {np.shape(b)}")
     b = finite_float("b", b.item() if hasattr(b, "item") else b)
-    return w, np.asarray(b, w.dtype)
+    labels_fit(wide, b, 0.0, dtype)
+    return wide.astype(dtype), np.asarray(b, dtype)
+
+
+LABEL_SIGMAS = 8  # |N(0, 1)| exceeds 8 with probability ~1e-15: the bound on |x| and the noise
+
+
+def labels_fit(w: np.ndarray, b: float, noise: float, dtype) -> None:
+    """Refuse a synthetic problem whose labels would overflow ``dtype`` (silent Inf).
+
+    ``|y| <= |b| + 8 (sum |w| + noise)`` for every row drawn in practice; the
+    message names the term that dominates.
+    """
+    dtype = np.dtype(dtype)
+    terms = {
+        "b": abs(b),
+        "w": LABEL_SIGMAS * float(np.abs(np.asarray(w, np.float64)).sum()),
+        "noise": LABEL_SIGMAS * noise,
+    }
+    largest = float(np.finfo(dtype).max)
+    if sum(terms.values()) > largest / 2:  # a margin for the sums inside X @ w
+        name = max(terms, key=terms.get)
+        value = np.asarray(w).tolist() if name == "w" else {"b": b, "noise": noise}[name]
+        raise ValueError(
+            f"{name} makes labels overflow {dtype.name} (its largest value is {largest:.3g}): "
+            f"got {value!r:.60}; use smaller values"
+            + (" or float64 data" if dtype == np.float32 else "")
+        )
 
 
 def loader_data(X, y) -> tuple[jax.Array, jax.Array]:

@@ -172,6 +172,8 @@ def training_data(params, train, val, config: TrainConfig, test=None) -> tuple:
         ("test X", None if test is None else test[0]),
     )
     check_batch_size(config, X.shape[0])
+    checks.representable("lr", config.lr, X.dtype)
+    checks.representable("gradient_clip_val", config.gradient_clip_val, X.dtype)
     return d, (X, y), val, test
 
 

@@ -48,6 +48,7 @@ def synthetic_data(
     w, b = checks.true_params(w, b)
     num_examples = checks.positive_int("num_examples", num_examples)
     noise = checks.finite_float("noise", noise, nonnegative=True)
+    checks.labels_fit(w, float(b), noise, w.dtype)
     check_draw_memory({"num_examples": num_examples}, w)
     return draw(key, w, b, noise, (num_examples,))[0][0]
 
@@ -94,6 +95,7 @@ def splits_args(
     num_test = checks.nonnegative_int("num_test", num_test)
     w, b = checks.true_params(w, b)
     noise = checks.finite_float("noise", noise, nonnegative=True)
+    checks.labels_fit(w, float(b), noise, w.dtype)
     check_draw_memory({"num_train": num_train, "num_val": num_val, "num_test": num_test}, w)
     sizes = (num_train, num_val, num_test) if num_test else (num_train, num_val)
     return w, b, sizes, noise

@@ -34,6 +34,7 @@ from jax.typing import ArrayLike
 
 from jaxlin import checks
 from jaxlin import config as configs
+from jaxlin.config import TrainConfig
 from jaxlin.engines import compiler
 from jaxlin.engines.compiled import NARROW, scan_batches
 from jaxlin.model import Params, init_params
@@ -282,12 +283,13 @@ def sweep(
     lrs: Sequence[float] | ArrayLike,
     seeds: int | Sequence[int],
     key: jax.Array,
-    max_epochs: int = 3,
-    batch_size: int = 32,
+    max_epochs: int | None = None,
+    batch_size: int | None = None,
     sigma: float = 0.01,
-    gradient_clip_val: float = 0.0,
-    shuffle: bool = True,
+    gradient_clip_val: float | None = None,
+    shuffle: bool | None = None,
     per_step: bool = False,
+    config: TrainConfig | None = None,
 ) -> SweepResult:
     """Trains one linear model per (learning rate, seed), all in one compiled call.
 
@@ -327,7 +329,10 @@ def sweep(
       lrs: ``L >= 1`` learning rates, finite and > 0, in a 1-D sequence or array.
       seeds: a count ``S`` (seeds ``0 .. S-1``) or distinct ints in ``[0, 2**32)``.
       key: the root ``jax.random.key``; seed ``s`` uses ``config_keys(key, s)``.
-      max_epochs, batch_size, gradient_clip_val, shuffle: as in ``fit``.
+      max_epochs, batch_size, gradient_clip_val, shuffle, config: as in ``fit``
+        (a ``TrainConfig``, whose fields these override). Its ``lr`` is
+        replaced by ``lrs``; its engine must be ``"scan"``, the one a sweep
+        runs (vectorised over the grid).
       sigma: std of the initial weights, as in ``init_params``.
       per_step: return every step's batch loss, ``(L, S, epochs, steps)``.
 
@@ -345,13 +350,20 @@ def sweep(
       ((3, 4, 3), 0.1)
     """
     config = configs.make_config(
-        None, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
+        config, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val,
     )  # fmt: skip
+    if config.engine != "scan":
+        raise ValueError(
+            f"engine={config.engine!r}: a sweep runs its own vectorised scan engine; "
+            "use engine='scan'"
+        )
     if val is None:
         raise ValueError("val is required: learning rates are compared on its loss")
     _, (X, y), val, test = configs.training_data(None, train, val, config, test)
     lrs = _check_lrs(lrs)
+    for lr in lrs:
+        checks.representable("lrs", float(lr), X.dtype)
     check_grid_memory(
         lrs.size, max(_num_seeds(seeds), 1), X.shape[0], X.shape[1],
         max_epochs=config.max_epochs, batch_size=config.batch_size, dtype=X.dtype,

@@ -655,6 +655,8 @@ def generate_shards(
     if not ok:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r:.40}")
     dtype = np.dtype(dtype)
+    given_w = w if w is not None else TRUE_W if d == 2 else np.zeros(1)  # drawn: N(0, 1) each
+    checks.labels_fit(given_w, b, noise, dtype)
     overwrite = checks.boolean("overwrite", overwrite)
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
         raise TypeError(f"out_dir must be a folder's path, got {out_dir!r:.60}")
