@@ -78,7 +78,7 @@ GENERATE_REFUSED = [  # (arguments, exception, words the message must hold)
     (dict(d=10**12, num_examples=1, shards=1), ValueError, "d=1000000000000 needs"),
     (dict(b=1e39), ValueError, "b makes labels overflow float32"),
     (dict(noise=1e39, d=3), ValueError, "noise makes labels overflow float32"),
-    (dict(w=[1e300, 1.0, 1.0], dtype="float64"), ValueError, "w makes labels overflow float64"),
+    (dict(w=[1e308, 1.0, 1.0], dtype="float64"), ValueError, "w makes labels overflow float64"),
     (dict(num_examples=2**30, d=10**5, chunk=2**30, shards=1), ValueError, "chunk=1073741824"),
     (dict(num_examples=2**31 - 1, d=10**5, chunk=1, shards=1), ValueError, "on disk"),
     (dict(out_dir=None), TypeError, "out_dir"),
