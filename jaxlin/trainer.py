@@ -21,7 +21,7 @@ from jax.typing import ArrayLike
 from jaxlin import checks
 from jaxlin import config as configs
 from jaxlin.config import TrainConfig
-from jaxlin.engines.compiled import device_scalar, epochs_program, read_record
+from jaxlin.engines.compiled import device_scalar, epoch_scalar, epochs_program, read_record
 from jaxlin.model import Params, loss_fn
 from jaxlin.shuffle import epoch_key
 from jaxlin.train import train_epoch
@@ -93,19 +93,21 @@ def run_loop(
     """
     if not per_epoch:
         return read_run(run(params, first, stop - first), first, lr, has_val)
-    losses, val_losses = [], []
+    losses = val_losses = None  # the history, filled row by row: no object kept per epoch
     for epoch in range(first, stop):
         params, (loss, val_loss), finite = run(params, epoch, 1)
         loss, val_loss = np.asarray(loss), np.asarray(val_loss)
-        losses.append(loss)
-        val_losses.append(val_loss)
+        if losses is None:
+            losses = np.empty((stop - first, loss.shape[1]), loss.dtype)
+            val_losses = np.empty(stop - first, val_loss.dtype)
+        losses[epoch - first] = loss[0]
+        val_losses[epoch - first] = val_loss[0]
         if not finite:  # None: not known, checked here
             check_finite(params, loss, epoch, lr)
         if callback is not None:
             val_now = float(val_loss[0]) if has_val else None
-            callback(EpochEnd(epoch, params, loss[0], val_now))
-    val_loss = np.concatenate(val_losses) if has_val else None
-    return params, History(np.concatenate(losses), val_loss)
+            callback(EpochEnd(epoch, params, losses[epoch - first].copy(), val_now))
+    return params, History(losses, val_losses if has_val else None)
 
 
 def read_run(result: tuple, first: int, lr: float, has_val: bool) -> tuple[Params, History]:
@@ -205,7 +207,7 @@ def _compiled_run(config: TrainConfig, dtype, X, y, val, key) -> Callable:
 
     def run(params, epoch, count):
         program = _program(config, count)
-        params, record = program(params, X, y, val, key, device_scalar(epoch, np.int32), lr, clip)
+        params, record = program(params, X, y, val, key, epoch_scalar(epoch), lr, clip)
         return params, *read_record(record, count)
 
     return run

@@ -355,3 +355,22 @@ def test_stored_programs_are_bounded_and_only_their_own_files_are_removed(tmp_pa
         np.testing.assert_array_equal(fresh(x), x * 2.0 + 2)
     finally:
         compiler.store_programs(None)
+
+
+@pytest.mark.parametrize("engine", ["scan", "step"])
+def test_a_per_epoch_run_keeps_no_object_per_epoch(engine, key):
+    """The history is the only thing that grows with the epochs: during a run with a
+    callback, the live JAX and numpy arrays at epoch 180 are those at epoch 20."""
+    import gc
+
+    s = jaxlin.synthetic_splits(key, num_train=32, num_val=8)
+    params = jaxlin.init_params(key, 2)
+    live = {}
+
+    def count(end):
+        if end.epoch in (20, 180):
+            gc.collect()
+            live[end.epoch] = sum(isinstance(o, (jax.Array, np.ndarray)) for o in gc.get_objects())
+
+    jaxlin.fit(params, s.train, s.val, key=key, max_epochs=200, engine=engine, callback=count)
+    assert live[180] == live[20]

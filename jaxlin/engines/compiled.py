@@ -219,9 +219,25 @@ def device_scalar(value: float | int, dtype) -> jax.Array:
 
     A Python number passed to a compiled program is converted to a device
     array on every call; the drivers pass these instead (same values, same
-    program for every lr and epoch).
+    program for every lr). The last 256 values are kept.
     """
     return _device_scalar(value, np.dtype(dtype), jax.config.jax_enable_x64)
+
+
+def epoch_scalar(epoch: int) -> jax.Array:
+    """The index of a program's first epoch as an int32 device scalar.
+
+    Only the latest few are kept: a run from epoch 0 finds its scalar made,
+    and a run that calls its program once per epoch keeps no array per epoch.
+    """
+    return _epoch_scalar(epoch, jax.config.jax_enable_x64)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_scalar(epoch: int, x64: bool) -> jax.Array:
+    del x64  # a key: the arrays of one x64 mode are not reused in the other
+    with jax.ensure_compile_time_eval():
+        return jax.device_put(np.asarray(epoch, np.int32))
 
 
 @functools.lru_cache(maxsize=256, typed=True)
