@@ -437,6 +437,15 @@ def _archive_arrays(path: Path, archive) -> dict[str, np.ndarray]:
             )
         try:
             data[name] = archive[name]
+        except ValueError as err:
+            if "allow_pickle" not in str(err):
+                raise CheckpointError(
+                    f"{unreadable}: array {name!r} is corrupt (truncated or altered)"
+                ) from None
+            raise CheckpointError(  # never unpickled: that would run the file's code
+                f"{unreadable}: array {name!r} holds pickled Python objects, which jaxlin "
+                "never writes (not loaded)"
+            ) from None
         except Exception:  # a bad CRC, header or length: corrupt bytes
             raise CheckpointError(
                 f"{unreadable}: array {name!r} is corrupt (truncated or altered)"

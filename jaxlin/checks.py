@@ -311,6 +311,36 @@ def memory_bytes() -> int:
     return have
 
 
+def _address_space_left() -> int | None:
+    """What ``RLIMIT_AS`` (``ulimit -v``) leaves this process to map, or ``None`` if unlimited.
+
+    Read at each check, not once: the process's own mappings (JAX's runtime
+    maps over a gigabyte) grow as it runs.
+    """
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm") as f:  # sizes in pages: total mapped first
+            mapped = int(f.read(64).split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (ImportError, OSError, ValueError, IndexError):
+        return None
+    return max(soft - mapped, 0)
+
+
+def available_bytes() -> tuple[int, str]:
+    """The memory a request may use, and what sets it: the smallest of the machine's
+    memory, its container's limit (``memory_bytes``) and the address space that
+    ``ulimit -v`` leaves."""
+    have, what = memory_bytes(), "this machine has"
+    left = _address_space_left()
+    if left is not None and left < have:
+        have, what = left, "ulimit -v (RLIMIT_AS) leaves"
+    return have, what
+
+
 def size_text(num_bytes: float) -> str:
     """``num_bytes`` in the largest binary unit that keeps it >= 1, e.g. ``'7.5 GiB'``."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
@@ -327,9 +357,9 @@ def fits_in_memory(name: str, value, num_values: int, dtype="float32") -> None:
     needs; the error says how much that is and how much the machine has.
     """
     need = int(num_values) * np.dtype(dtype).itemsize
-    have = memory_bytes()
+    have, what = available_bytes()
     if need > have:
         raise ValueError(
             f"{name}={value} needs {size_text(need)} of memory for its arrays, "
-            f"but this machine has {size_text(have)}"
+            f"but {what} {size_text(have)}"
         )

@@ -91,6 +91,8 @@ class SGDLinearRegression(RegressorMixin, BaseEstimator):
         sigma = checks.finite_float("sigma", self.sigma, nonnegative=True)
         checks.boolean("standardize", self.standardize)
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=True)
+        if np.asarray(y).dtype.kind not in "biuf":  # y_numeric converts only object arrays
+            raise ValueError(f"y must hold numbers (a regression target), got dtype {y.dtype}")
         dtype = jnp.result_type(float)  # float32, or float64 in x64 mode
         seed = int(check_random_state(self.random_state).randint(2**31 - 1))
         key_init, key_shuffle = jax.random.split(jax.random.key(seed))

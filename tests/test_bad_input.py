@@ -47,7 +47,8 @@ API = [
     ("data noise overflows", lambda t: jaxlin.synthetic_data(KEY, [1.0], 0.0, 4, noise=1e38),
      ValueError, r"noise makes labels overflow float32"),
     ("fit lr rounds to 0", lambda t: jaxlin.fit(P2, (X4, Y4), key=KEY, batch_size=2, lr=1e-50),
-     ValueError, r"lr rounds to 0 in float32, the data's dtype: got 1e-50; the smallest is 1.4e-45"),
+     ValueError, r"lr rounds to 0 in float32, the data's dtype: got 1e-50; the smallest is "
+                 r"1.4e-45"),
     ("fit clip rounds to 0", lambda t: jaxlin.fit(P2, (X4, Y4), key=KEY, batch_size=2,
                                                   gradient_clip_val=1e-50),
      ValueError, r"gradient_clip_val rounds to 0 in float32"),
@@ -169,6 +170,8 @@ API = [
      ValueError, r"Input X contains NaN"),
     ("sk inf y", lambda t: _sk()().fit(np.ones((2, 2)), np.array([1.0, np.inf])), ValueError,
      r"Input y contains infinity"),
+    ("sk string y", lambda t: _sk()().fit(np.ones((2, 2)), np.array(["a", "b"])), ValueError,
+     r"y must hold numbers \(a regression target\), got dtype <U1"),
     ("sk lengths", lambda t: _sk()().fit(np.ones((3, 2)), np.ones(4)), ValueError,
      r"inconsistent numbers of samples: \[3, 4\]"),
     ("sk empty", lambda t: _sk()().fit(np.ones((0, 2)), np.ones(0)), ValueError,
@@ -213,6 +216,8 @@ CLI = [
      "--checkpoint-dir {t}/ro/c: folder {t}/ro is not writable"),
     # an output may be neither another output nor one of the run's own files
     ("lr rounds to 0", lambda t: ["--lr", "1e-50"], "--lr rounds to 0 in float32"),
+    ("devices 100000", lambda t: ["--devices", "100000", "--device", "cpu"],
+     "--devices 100000: at most 256"),
     ("w overflows", lambda t: ["--w=1e39,1"], "--w makes labels overflow float32"),
     ("b overflows", lambda t: ["--b=-1e39"], "--b makes labels overflow float32"),
     ("json is plot", lambda t: ["--json", str(t / "r.png"), "--plot", str(t / "r.png")],

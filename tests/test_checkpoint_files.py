@@ -128,6 +128,8 @@ CORRUPT = [
     ("flipped byte in w", lambda d: _flip_member_byte(d, "w.npy"), r"array 'w' is corrupt"),
     ("flipped byte in meta", lambda d: _flip_member_byte(d, "meta.npy"), r"'meta' is corrupt"),
     ("w missing", lambda d: _rewrite(d, w=None), r"array 'w' is missing"),
+    ("w pickled", lambda d: _rewrite(d, w=np.array([MARKER, 1], dtype=object)),
+     r"array 'w' holds pickled Python objects, which jaxlin never writes \(not loaded\)"),
     ("meta missing", lambda d: _rewrite(d, meta=None), r"array 'meta' is missing"),
     ("extra array", lambda d: _rewrite(d, extra=np.zeros(2)), r"arrays jaxlin does not write"),
     ("w float16", lambda d: _rewrite(d, w=np.ones((2, 1), np.float16)),

@@ -201,3 +201,24 @@ def test_generate_removes_what_a_killed_generate_left_and_only_that(tmp_path):
         os.close(fd)
     assert not dead.exists() and live.exists() and other.exists()
     assert (tmp_path / "ds" / "manifest.json").is_file()
+
+
+def test_a_name_read_from_a_manifest_is_printed_escaped(tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path / "ds"), "--num-examples", "64"]) == 0
+    manifest = tmp_path / "ds" / "manifest.json"
+    record = json.loads(manifest.read_text())
+    record["shards"][0]["X"] = "X-\x1b[2J\nrm -rf.npy"  # an escape sequence and a newline
+    manifest.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "ds"), "--quiet", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err, err
+    assert "X-\\x1b[2J\\nrm -rf.npy" in err
+
+
+def test_a_desktop_mplbackend_does_not_fail_a_finished_run(tmp_path):
+    env = dict(os.environ, MPLBACKEND="nonsense")
+    args = ["train", "--num-train", "32", "--num-val", "8", "--quiet", "--no-cache", "--plot"]
+    done = _jaxlin([*args, "p.png"], tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")

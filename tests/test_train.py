@@ -374,3 +374,19 @@ def test_a_per_epoch_run_keeps_no_object_per_epoch(engine, key):
 
     jaxlin.fit(params, s.train, s.val, key=key, max_epochs=200, engine=engine, callback=count)
     assert live[180] == live[20]
+
+
+@pytest.mark.parametrize("engine", ["scan", "step"])
+@pytest.mark.parametrize("per_epoch", [False, True])
+def test_a_loss_not_finite_before_any_update_is_not_blamed_on_the_lr(engine, per_epoch, key):
+    """Initial weights so large that the first loss overflows: the message says so; a later
+    divergence (after updates) still suggests a smaller lr."""
+    s = jaxlin.synthetic_splits(key, num_train=64, num_val=8)
+    huge = {"w": jnp.full((2, 1), 1e30), "b": jnp.zeros(1)}
+    callback = (lambda end: None) if per_epoch else None
+    kwargs = dict(key=key, engine=engine, callback=callback, batch_size=64)
+    with pytest.raises(jaxlin.TrainingDiverged, match="at the first step, before any update"):
+        jaxlin.fit(huge, s.train, s.val, **kwargs)
+    params = jaxlin.init_params(key, 2)
+    with pytest.raises(jaxlin.TrainingDiverged, match=r"at epoch \d+, step 1 .*smaller lr"):
+        jaxlin.fit(params, s.train, s.val, lr=10.0, max_epochs=100, **kwargs)

@@ -217,26 +217,33 @@ def _run(argv: list[str], interrupt: Interrupt) -> int:
         COMMANDS[args.command].run(args)
         interrupt.check(f"interrupted as {args.command} finished; its output is complete")
     except KeyboardInterrupt as err:  # Ctrl-C: one line that says what was saved
-        print(f"jaxlin: {str(err) or f'interrupted; {interrupt.saved}'}", file=sys.stderr)
+        print(f"jaxlin: {printable(str(err) or f'interrupted; {interrupt.saved}')}",
+              file=sys.stderr)  # fmt: skip
         return 130
     except TrainingDiverged as err:
-        print(f"jaxlin: {as_flags(str(err))}", file=sys.stderr)
+        print(f"jaxlin: {printable(as_flags(str(err)))}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `jaxlin train | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (ValueError, TypeError) as err:  # bad input, refused before the work
-        print(f"jaxlin: error: {as_flags(str(err))}", file=sys.stderr)
+        print(f"jaxlin: error: {printable(as_flags(str(err)))}", file=sys.stderr)
         return 2
     except OSError as err:  # a file that could not be read or written while running
-        print(f"jaxlin: error: {io_message(err)}", file=sys.stderr)
+        print(f"jaxlin: error: {printable(io_message(err))}", file=sys.stderr)
         return 1
     return 0
 
 
 def io_message(err: OSError) -> str:
-    """One line for a failed read or write: the file (escaped), then what went wrong."""
+    """One line for a failed read or write: the file, then what went wrong."""
     text = err.strerror or str(err)
     if err.filename is not None and str(err.filename) not in text:
         text = f"{err.filename!s}: {text}"
-    return text.encode("unicode_escape").decode("ascii")
+    return text
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on escaped (``\\n``, ``\\x1b``...):
+    a file or shard name read from disk can hold anything, and is shown, never run."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

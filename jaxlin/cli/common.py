@@ -138,6 +138,36 @@ def check_output(flag: str, path: Path | None) -> None:
         raise ValueError(f"{flag} {path}: folder {folder} is not writable")
 
 
+def epoch_line(args, end, seconds: float) -> str:
+    """One epoch's progress: its mean batch loss, the val loss, and the time since the start."""
+    line = f"epoch {end.epoch + 1}/{args.epochs}  train loss {end.train_loss.mean():.6g}"
+    line += f"  val loss {end.val_loss:.6g}" if end.val_loss is not None else ""
+    return f"{line}  ({seconds:.2f} s elapsed)"
+
+
+def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
+    """``--json`` and ``--plot``, noted in what Ctrl-C reports as saved; returns their paths."""
+    interrupt = interrupt_of(args)
+    written = []
+    if args.json is not None:
+        write_json(args.json, record)
+        written.append(str(args.json))
+        interrupt.saved = f"{', '.join(written)} written"
+    if args.plot is not None:
+        from jaxlin.plot import save_history_plot
+
+        save_history_plot(history, args.plot, title=title)
+        written.append(str(args.plot))
+        interrupt.saved = f"{', '.join(written)} written"
+    return written
+
+
+def plots_to_files() -> None:
+    """The command line only writes figures to files: matplotlib's Agg backend, whatever
+    ``MPLBACKEND`` says (a value for a desktop, or a typo, must not fail a finished run)."""
+    os.environ["MPLBACKEND"] = "agg"
+
+
 def write_json(path: Path, record: dict) -> None:
     """Write ``record`` to ``path`` as JSON, all or nothing (an old file is replaced whole)."""
     from jaxlin.files import atomic_write
@@ -189,6 +219,26 @@ def check_paths(outputs: list[tuple[str, Path | None]], inputs=(), folders=()) -
                 )
 
 
+def start_backend(device: str | None = None) -> None:
+    """Start JAX's backend now: a platform that cannot start is one line, not a trace."""
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as err:  # JAX raises RuntimeError or AssertionError, by version
+        if device == "gpu":
+            raise ValueError(
+                "--device gpu: no GPU backend here (needs an NVIDIA GPU and "
+                "pip install 'jaxlin[cuda]'); use --device cpu"
+            ) from err
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"JAX could not start its backend (JAX_PLATFORMS={platforms!r}): {first}; "
+            "unset JAX_PLATFORMS or set it to cpu"
+        ) from err
+
+
 def configure_jax(args, *, store: bool = False) -> None:
     """Platform and persistent compile cache, set before JAX starts a backend.
 
@@ -201,14 +251,7 @@ def configure_jax(args, *, store: bool = False) -> None:
 
     if args.device is not None:
         jax.config.update("jax_platforms", args.device if args.device == "cpu" else "cuda")
-    if args.device == "gpu":  # start the backend now: no GPU is a one-line error, not a trace
-        try:
-            jax.devices()
-        except Exception as err:  # JAX raises RuntimeError or AssertionError, by version
-            raise ValueError(
-                "--device gpu: no GPU backend here (needs an NVIDIA GPU and "
-                "pip install 'jaxlin[cuda]'); use --device cpu"
-            ) from err
+    start_backend(args.device)
     from jaxlin.engines import compiler
 
     use_store = store and not args.no_cache  # loaded, not traced, next time

@@ -6,7 +6,7 @@ import argparse
 import re
 import time
 
-from jaxlin.cli.common import floats, interrupt_of, path_flag
+from jaxlin.cli.common import floats, interrupt_of, path_flag, start_backend
 
 # generate_shards names its arguments; the command line says the flag typed.
 FLAGS = {
@@ -65,6 +65,7 @@ def run(args) -> None:
     check_flags(args)
     import jax
 
+    start_backend()
     from jaxlin.stream import generate_shards
 
     start = time.perf_counter()

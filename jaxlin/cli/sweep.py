@@ -16,6 +16,7 @@ from jaxlin.cli.common import (
     floats,
     interrupt_of,
     path_flag,
+    plots_to_files,
     seed,
     write_json,
 )
@@ -135,6 +136,7 @@ def _finite_or_none(values):
 
 def run(args) -> dict:
     """Data (three-way split), sweep, table, choice, test loss; returns the JSON record."""
+    plots_to_files()
     check_paths([("--json", args.json), ("--plot", args.plot)])
     if args.num_test < 1:
         raise ValueError(f"num_test must be an int >= 1, got {args.num_test}")

@@ -18,14 +18,17 @@ from jaxlin.cli.common import (
     check_paths,
     config_record,
     configure_jax,
+    epoch_line,
     given,
     interrupt_of,
     memory,
     path_flag,
+    plots_to_files,
     seed,
-    write_json,
+    write_outputs,
 )
 
+MAX_HOST_DEVICES = 256  # --devices N: the most devices a run may ask for
 CHECKPOINT_FILE = "checkpoint.npz"  # jaxlin.checkpoint.FILENAME, without importing JAX early
 CHECKPOINT_FILES = re.compile(r"history\.[a-z0-9_]{8}\.bin|\.checkpoint\.npz\..*")  # the others
 
@@ -142,6 +145,11 @@ def check_devices_flag(args) -> None:
             f"--devices {args.devices} runs the scan engine on in-memory data, without checkpoints"
         )
         refuse_with(args, what, ("engine", "checkpoint_dir", "data"))
+        if isinstance(args.devices, int) and args.devices > MAX_HOST_DEVICES:
+            raise ValueError(
+                f"--devices {args.devices}: at most {MAX_HOST_DEVICES}; a machine has no more "
+                f"accelerators, and as --device cpu host devices each costs threads and memory"
+            )
 
 
 def refuse_with(args, what: str, dests) -> None:
@@ -172,11 +180,18 @@ def check_engine_flags(args) -> None:
         )
 
 
+def floats_per_row(d: int) -> int:
+    """Floats held at the peak of a run per example of ``d`` features: the draw and its
+    splits, the epoch's shuffled copy and the compiled programs' temporaries (about six
+    copies of ``X``; measured as peak RSS over rows for d from 2 to 50)."""
+    return 6 * d + 5
+
+
 def check_sizes(args) -> None:
     """Refuse data or a loss history too large for this machine, before anything is made."""
     n = max(args.num_train, 1) + max(args.num_val, 1)
     big = "--num-train" if args.num_train >= args.num_val else "--num-val"
-    memory(args, big, max(args.num_train, args.num_val), 2 * n * (len(args.w) + 1))
+    memory(args, big, max(args.num_train, args.num_val), n * floats_per_row(len(args.w)))
     steps = math.ceil(max(args.num_train, 1) / max(args.batch_size, 1))
     memory(args, "--epochs", args.epochs, max(args.epochs, 1) * (steps + 1))
 
@@ -246,6 +261,7 @@ def checkpoint_file(name: str) -> bool:
 
 def run(args) -> dict:
     """Data, init, fit, report; returns the JSON record."""
+    plots_to_files()
     check_paths(
         [("--json", args.json), ("--plot", args.plot), ("--plot-trajectory", args.plot_trajectory)],
         folders=[
@@ -271,13 +287,13 @@ def run(args) -> dict:
         jax.config.update("jax_enable_x64", True)
     # The lecture's run in memory compiles only jaxlin's stored programs (the data, the
     # epochs): the next run loads them whole, with no tracing.
-    only_stored = args.data is None and args.devices is None and args.plot_trajectory is None
-    configure_jax(args, store=only_stored and args.engine in ("scan", "affine"))
     if args.device == "cpu" and isinstance(args.devices, int) and args.devices > 1:
         try:
             jax.config.update("jax_num_cpu_devices", args.devices)  # before the backend starts
         except RuntimeError as err:  # JAX already started here (main() called in-process)
             raise ValueError(f"--devices {args.devices}: JAX has already started ({err})") from None
+    only_stored = args.data is None and args.devices is None and args.plot_trajectory is None
+    configure_jax(args, store=only_stored and args.engine in ("scan", "affine"))
     mesh = None if args.devices is None else data_parallel_mesh(args)
     if args.data is not None:  # shards on disk: jaxlin/cli/train_data.py
         from jaxlin.cli import train_data
@@ -379,30 +395,6 @@ def write_trajectory(args, params, train, key, written: list[str]) -> None:
     jaxlin.plot.save_trajectory_plot(path, train, args.plot_trajectory, title=title)
     written.append(str(args.plot_trajectory))
     interrupt_of(args).saved = f"{', '.join(written)} written"
-
-
-def epoch_line(args, end, seconds: float) -> str:
-    """One epoch's progress: its mean batch loss, the val loss, and the time since the start."""
-    line = f"epoch {end.epoch + 1}/{args.epochs}  train loss {end.train_loss.mean():.6g}"
-    line += f"  val loss {end.val_loss:.6g}" if end.val_loss is not None else ""
-    return f"{line}  ({seconds:.2f} s elapsed)"
-
-
-def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
-    """``--json`` and ``--plot``, noted in what Ctrl-C reports as saved; returns their paths."""
-    interrupt = interrupt_of(args)
-    written = []
-    if args.json is not None:
-        write_json(args.json, record)
-        written.append(str(args.json))
-        interrupt.saved = f"{', '.join(written)} written"
-    if args.plot is not None:
-        from jaxlin.plot import save_history_plot
-
-        save_history_plot(history, args.plot, title=title)
-        written.append(str(args.plot))
-        interrupt.saved = f"{', '.join(written)} written"
-    return written
 
 
 def setup(args):

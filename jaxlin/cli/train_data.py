@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from jaxlin.cli.common import config_record, interrupt_of, memory
+from jaxlin.cli.common import config_record, epoch_line, interrupt_of, memory, write_outputs
 
 
 def check_truth(args, data) -> None:
@@ -25,12 +25,16 @@ def run(args) -> dict:
     import numpy as np
 
     import jaxlin
-    from jaxlin.cli.train import epoch_line, write_outputs
     from jaxlin.stream import fit_stream, open_dataset
 
     interrupt = interrupt_of(args)
     data = open_dataset(args.data)  # every shard checked before any training
     check_truth(args, data)
+    if args.x64 and data.dtype != np.float64:
+        raise ValueError(
+            f"--x64 trains in float64, but --data {args.data} holds {data.dtype} data "
+            "(jaxlin generate writes float32): leave out --x64"
+        )
     steps = math.ceil(data.num_examples / max(args.batch_size, 1))
     memory(args, "--epochs", args.epochs, max(args.epochs, 1) * (steps + 1))
     _, key_init, key_shuffle = jax.random.split(jax.random.key(args.seed), 3)
