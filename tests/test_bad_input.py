@@ -29,6 +29,10 @@ def _sk():
     return pytest.importorskip("jaxlin.sklearn").SGDLinearRegression
 
 
+def _train(batch_size=8):
+    return jaxlin.make_train(jaxlin.TrainConfig(batch_size=batch_size))
+
+
 def _fit_ckpt(tmp_path, **kw):
     args = dict(checkpoint_dir=tmp_path / "ckpt", key=KEY, batch_size=2)
     return fit_with_checkpoints(P2, (X4, Y4), **{**args, **kw})
@@ -121,6 +125,20 @@ API = [
     ("fit val y length", lambda t: jaxlin.fit(P2, (X4, Y4), (X4, jnp.ones(3)), key=KEY,
                                               batch_size=2), ValueError,
      r"val y has 3 examples but val X has 4"),
+    # make_train's function: what shapes and dtypes tell, checked when it is traced
+    ("train batch > n", lambda t: _train()(P2, (X4, Y4), key=KEY), ValueError,
+     r"batch_size must be <= the number of training examples \(4\), got 8"),
+    ("train int X", lambda t: _train(2)(P2, (X4.astype(jnp.int32), Y4), key=KEY), TypeError,
+     r"data X must be a 2-D float32/float64 array, got 2-D int32"),
+    ("train wrong d", lambda t: _train(2)({"w": jnp.zeros((3, 1)), "b": jnp.zeros(1)},
+                                          (X4, Y4), key=KEY), ValueError,
+     r"params must be \{'w': \(2, 1\), 'b': \(1,\)\} for X with 2 features, got w \(3, 1\)"),
+    ("train y length", lambda t: _train(2)(P2, (X4, jnp.ones(3)), key=KEY), TypeError,
+     r"data y must hold 4 float32 values"),
+    ("train int key, jitted", lambda t: jax.jit(_train(2))(P2, (X4, Y4), key=jnp.uint32(3)),
+     TypeError, r"key must be a jax.random.key\(seed\), got uint32"),
+    ("train val d", lambda t: _train(2)(P2, (X4, Y4), (jnp.ones((4, 3)), Y4), key=KEY),
+     ValueError, r"val X must be \(m, 2\) float32 like X, got \(4, 3\)"),
     # checkpoints
     ("load missing", lambda t: load_checkpoint(t / "nowhere"), FileNotFoundError,
      r"checkpoint_dir .*nowhere: no checkpoint.npz to resume from"),

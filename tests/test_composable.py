@@ -109,7 +109,7 @@ def test_gradient_of_the_final_val_loss_wrt_lr_matches_finite_differences(key, e
 def test_make_train_refuses_the_loop_engines_and_a_missing_key():
     with pytest.raises(ValueError, match=r"config.engine must be 'scan' or 'affine'"):
         jaxlin.make_train(jaxlin.TrainConfig(engine="step"))
-    train = jaxlin.make_train(jaxlin.TrainConfig())
+    train = jaxlin.make_train(jaxlin.TrainConfig(batch_size=2))
     with pytest.raises(ValueError, match="key is required when shuffle=True"):
         train(jaxlin.init_params(jax.random.key(0), 2), (jnp.ones((4, 2)), jnp.ones(4)))
 

@@ -194,6 +194,7 @@ def make_train(config: TrainConfig) -> Callable:
     def train(params, data, val=None, key=None, lr=None):
         """``config.max_epochs`` epochs of SGD on ``data = (X, y)``; ``(params, (losses, val))``."""
         X, y = data
+        _check_shapes(config, params, X, y, val, key)
         y = y.reshape(-1, 1)
         if val is not None:
             val = (val[0], val[1].reshape(-1, 1))
@@ -212,6 +213,50 @@ def make_train(config: TrainConfig) -> Callable:
         return jax.lax.scan(epoch, params, jnp.arange(config.max_epochs))
 
     return train
+
+
+def _check_shapes(config: TrainConfig, params, X, y, val, key) -> None:
+    """What shapes and dtypes can tell, checked when ``train`` is traced (values are not
+    known there): one line naming the argument, not an error from deep inside XLA."""
+    dtype = getattr(X, "dtype", None)
+    if getattr(X, "ndim", None) != 2 or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"data X must be a 2-D float32/float64 array, got "
+            f"{getattr(X, 'ndim', '?')}-D {dtype or type(X).__name__}"
+        )
+    n, d = X.shape
+    if getattr(y, "size", None) != n or y.dtype != dtype:
+        raise TypeError(
+            f"data y must hold {n} {dtype} values (one per row of X), got shape "
+            f"{getattr(y, 'shape', '?')} {getattr(y, 'dtype', type(y).__name__)}"
+        )
+    w, b = params.get("w") if isinstance(params, dict) else None, None
+    if isinstance(params, dict):
+        b = params.get("b")
+    if getattr(w, "shape", None) != (d, 1) or getattr(b, "shape", None) != (1,):
+        raise ValueError(
+            f"params must be {{'w': ({d}, 1), 'b': (1,)}} for X with {d} features, got "
+            f"w {getattr(w, 'shape', None)} and b {getattr(b, 'shape', None)}"
+        )
+    if w.dtype != dtype or b.dtype != dtype:
+        raise TypeError(f"params must be {dtype} like X, got w {w.dtype} and b {b.dtype}")
+    if config.batch_size > n:
+        raise ValueError(
+            f"batch_size must be <= the number of training examples ({n}), got {config.batch_size}"
+        )
+    if val is not None and (
+        getattr(val[0], "shape", (None, None))[1:] != (d,) or val[0].dtype != dtype
+    ):
+        raise ValueError(
+            f"val X must be (m, {d}) {dtype} like X, got {getattr(val[0], 'shape', '?')} "
+            f"{getattr(val[0], 'dtype', '?')}"
+        )
+    if key is not None and not jax.dtypes.issubdtype(
+        getattr(key, "dtype", None), jax.dtypes.prng_key
+    ):
+        raise TypeError(
+            f"key must be a jax.random.key(seed), got {getattr(key, 'dtype', type(key).__name__)}"
+        )
 
 
 def device_scalar(value: float | int, dtype) -> jax.Array:
