@@ -487,11 +487,13 @@ def _check_out_dir(out: Path, target: Path, overwrite: bool) -> None:
 def _check_sizes(out: Path, target: Path, n: int, d: int, chunk: int, dtype: np.dtype) -> None:
     """Refuse what cannot fit: a row or a chunk in memory, the dataset on the disk.
 
-    Generating a chunk holds about three copies of it (the draws, the labels,
-    the host's view) and of ``w``; ``d`` alone can be too large for one row.
+    Measured at the peak (RSS against ``d`` and ``chunk``): about five copies
+    of a chunk (the draws, the labels, the host's copies, the file's buffer)
+    and 168 bytes per feature for ``w`` (its draw, its host copies and the
+    program that draws with it); ``d`` alone can be too large for one row.
     """
     for name, value, rows in (("d", d, 1), ("chunk", chunk, min(chunk, n))):
-        held = 3 * rows * (d + 1) * dtype.itemsize + 3 * d * 8
+        held = 5 * rows * (d + 1) * dtype.itemsize + 168 * d
         checks.fits_in_memory(name, value, held, np.uint8)
     need = n * (d + 1) * dtype.itemsize
     parent = target.parent
