@@ -204,16 +204,25 @@ def _json_run(run) -> dict[str, Any]:
 def _new_history(directory: Path) -> tuple[str, io.BufferedWriter]:
     """A new history file with a unique name, holding only ``HISTORY_MAGIC``, open to append."""
     fd, path = tempfile.mkstemp(dir=directory, prefix="history.", suffix=".bin")
-    f = os.fdopen(fd, "ab")
+    os.close(fd)
+    f = open(path, "ab")  # by name: its errors name the file
     f.write(HISTORY_MAGIC)
     return Path(path).name, f
 
 
 def _append(f: io.BufferedWriter, data: bytes) -> None:
-    """Append ``data`` and make it durable before the checkpoint that counts it is renamed."""
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
+    """Append ``data`` and make it durable before the checkpoint that counts it is renamed.
+
+    A failed write (a full disk) is an ``OSError`` that names the file.
+    """
+    try:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno is None or err.filename is not None:
+            raise
+        raise OSError(err.errno, f"cannot write {f.name}: {err.strerror}", f.name) from None
 
 
 def _write_checkpoint(directory: Path, state: Checkpoint, log: _Log, crc: int) -> Path:

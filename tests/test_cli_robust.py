@@ -222,3 +222,20 @@ def test_a_desktop_mplbackend_does_not_fail_a_finished_run(tmp_path):
     done = _jaxlin([*args, "p.png"], tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_checkpoint_that_cannot_be_written_names_its_file_and_exits_1(tmp_path):
+    """A file-size limit hit while appending the history: one line naming the file, exit 1."""
+    args = ["train", "--num-train", "4096", "--num-val", "8", "--batch-size", "1", "--epochs",
+            "3", "--quiet", "--no-cache", "--checkpoint-dir", "ck"]  # fmt: skip
+    small_files = (  # 8 KiB: less than an epoch's row of 4,096 losses
+        f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); "
+        f"sys.argv = ['jaxlin', *{args!r}]; "
+        f"runpy.run_module('jaxlin', run_name='__main__', alter_sys=True)"
+    )
+    done = subprocess.run([sys.executable, "-c", small_files], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"jaxlin: error: cannot write {tmp_path}/ck/history.")
+    assert done.stderr.endswith(": File too large\n")
