@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,21 @@ PACKAGE = ROOT / "jaxlin"
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
 # The command line's modules: documented as the `jaxlin` command, not as an API.
 NOT_API = ("jaxlin.cli",)
-# The lecture's modules first, in the lecture's order; then the rest by name.
-FIRST = ("jaxlin.data", "jaxlin.model", "jaxlin.optim", "jaxlin.train", "jaxlin.config")
+# The API reference's sections, by what a user does, in the order of the lecture and the
+# guides. A public module in none of them is an internal: how the others are built,
+# listed last, under INTERNALS.
+GROUPS = {
+    "The lecture": ("jaxlin", "jaxlin.data", "jaxlin.model", "jaxlin.optim", "jaxlin.train",
+                    "jaxlin.shuffle"),
+    "Training": ("jaxlin.trainer", "jaxlin.config", "jaxlin.choices", "jaxlin.engines",
+                 "jaxlin.engines.trajectory", "jaxlin.sklearn"),
+    "Many models": ("jaxlin.sweeps",),
+    "Many devices": ("jaxlin.parallel",),
+    "Data on disk": ("jaxlin.stream",),
+    "Checkpoints": ("jaxlin.checkpoint",),
+    "Plots": ("jaxlin.plot",),
+}  # fmt: skip
+INTERNALS = "Internals"
 
 log = logging.getLogger("mkdocs.plugins.jaxlin")
 
@@ -132,12 +146,18 @@ def is_public(name: str) -> bool:
     )
 
 
-def public_modules(mods: dict[str, Module] | None = None) -> list[str]:
-    """The public modules, the lecture's first."""
+def groups(mods: dict[str, Module] | None = None) -> dict[str, list[str]]:
+    """The public modules by section of the reference: ``GROUPS``, then the internals."""
     mods = modules() if mods is None else mods
-    names = [n for n in mods if is_public(n) and n != "jaxlin"]
-    first = [n for n in FIRST if n in names]
-    return ["jaxlin", *first, *sorted(n for n in names if n not in first)]
+    names = [n for n in mods if is_public(n)]
+    grouped = {title: [n for n in members if n in names] for title, members in GROUPS.items()}
+    placed = {n for members in grouped.values() for n in members}
+    return {**grouped, INTERNALS: sorted(n for n in names if n not in placed)}
+
+
+def public_modules(mods: dict[str, Module] | None = None) -> list[str]:
+    """The public modules, in the reference's order (the lecture's first, internals last)."""
+    return [n for members in groups(mods).values() for n in members]
 
 
 def home(mods: dict[str, Module], module: str, name: str, seen=()) -> str:
@@ -187,6 +207,12 @@ def pages(mods: dict[str, Module] | None = None) -> dict[str, str]:
         own = [n for n, where in names.items() if where == f"{module}.{n}"]
         elsewhere = {n: where for n, where in names.items() if n not in own}
         lines = [f"# `{module}`", ""]
+        if module in groups(mods)[INTERNALS]:
+            lines += [
+                '!!! note "Internals"',
+                "    How the rest of jaxlin is built: nothing here is needed to use it.",
+                "",
+            ]
         lines += [f"::: {module}", "    options:", "      members: false"]
         lines += ["      show_root_heading: false", ""]
         if module == "jaxlin":
@@ -258,9 +284,11 @@ def on_config(config):
     os.environ.pop("MPLBACKEND", None)
     path = [str(ROOT), os.environ.get("PYTHONPATH")]
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, path))
-    api_nav = []
-    for module in public_modules():
-        api_nav.append({module: page_path(module)})
+    api_nav = [
+        {title: [{module: page_path(module)} for module in members]}
+        for title, members in groups().items()
+        if members
+    ]
     notebooks = [f"notebooks/{p.name}" for p in NOTEBOOKS]
     for entry in config.nav:
         if isinstance(entry, dict) and "Notebooks" in entry:
@@ -292,6 +320,61 @@ def on_files(files, config):
         rel = extra.relative_to(ROOT).as_posix()
         files.append(File(rel, str(ROOT), config["site_dir"], config["use_directory_urls"]))
     return files
+
+
+ROW = re.compile(
+    r'<tr class="doc-section-item">\s*<td>\s*<code>([^<]+)</code>\s*</td>\s*<td>(.*?)</td>'
+    r".*?</td>\s*<td>(.*?)</td>\s*</tr>",
+    re.S,
+)
+HEADING = re.compile(r'<h[2-4] id="(jaxlin\.[\w.]+)" class="doc doc-heading"')
+
+
+def misdocumented_parameters(html: str) -> list[str]:
+    """Parameter rows of a built API page that contradict the signature: an optional
+    parameter shown as required, a required one shown with a default, a name the
+    signature does not have, or no type where the signature annotates one."""
+    import importlib
+    import inspect
+
+    problems = []
+    headings = list(HEADING.finditer(html))
+    for i, heading in enumerate(headings):
+        where = heading.group(1)
+        end = headings[i + 1].start() if i + 1 < len(headings) else len(html)
+        section = html[heading.end() : end]
+        table = section.find('<span class="doc-section-title">Parameters:</span>')
+        if table < 0:
+            continue
+        module, _, name = where.rpartition(".")
+        try:
+            target = getattr(importlib.import_module(module), name)
+            params = inspect.signature(target).parameters
+        except (ImportError, AttributeError, TypeError, ValueError):
+            continue  # a class attribute or a method: rendered from its own heading
+        for found in ROW.finditer(section[table : section.find("</table>", table)]):
+            shown, typed, default = found.group(1).strip().lstrip("*"), *found.groups()[1:]
+            if shown not in params:
+                problems.append(f"{where}: parameter {shown!r} is not in the signature")
+                continue
+            param = params[shown]
+            required = "<em>required</em>" in default
+            has_default = param.default is not inspect.Parameter.empty
+            variadic = param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+            if required and (has_default or variadic):
+                problems.append(f"{where}: optional parameter {shown!r} shown as required")
+            if has_default and not required and not default.strip():
+                problems.append(f"{where}: parameter {shown!r} shown without its default")
+            if param.annotation is not inspect.Parameter.empty and not typed.strip():
+                problems.append(f"{where}: parameter {shown!r} shown without its type")
+    return problems
+
+
+def on_post_build(config):
+    """Every parameter table of the built reference agrees with its signature."""
+    for page in sorted(Path(config["site_dir"], "api").glob("*/index.html")):
+        for problem in misdocumented_parameters(page.read_text()):
+            log.warning("API reference: %s", problem)
 
 
 def on_page_markdown(markdown, page, config, files):

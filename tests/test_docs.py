@@ -115,7 +115,28 @@ def test_the_site_configuration_lists_the_generated_pages(hooks):
         os.environ.clear()
         os.environ.update(saved)
     nav = {k: v for entry in config.nav if isinstance(entry, dict) for k, v in entry.items()}
-    assert [next(iter(p.values())) for p in nav["API reference"]] == [
-        hooks.page_path(m) for m in hooks.public_modules()
-    ]
+    sections = [next(iter(entry)) for entry in nav["API reference"]]
+    assert sections[0] == "The lecture" and sections[-1] == hooks.INTERNALS
+    pages = [next(iter(p.values())) for e in nav["API reference"] for p in next(iter(e.values()))]
+    assert pages == [hooks.page_path(m) for m in hooks.public_modules()]
+    assert "jaxlin.checks" in hooks.groups()[hooks.INTERNALS]  # internals: one separate section
     assert nav["Notebooks"] == [f"notebooks/{p.name}" for p in hooks.NOTEBOOKS]
+
+
+def test_the_reference_shows_no_optional_parameter_as_required(hooks, tmp_path):
+    """The built site's parameter tables agree with the signatures (the strict build
+    also fails on any disagreement, from docs/hooks.py's on_post_build)."""
+    pytest.importorskip("mkdocs")
+    env = dict(os.environ, JAXLIN_DOCS_EXECUTE="false", NO_MKDOCS_2_WARNING="1")
+    import subprocess
+
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    pages = sorted(tmp_path.glob("api/*/index.html"))
+    rows = sum(len(hooks.ROW.findall(p.read_text())) for p in pages)
+    assert rows > 50  # the tables were found and read
+    problems = [q for p in pages for q in hooks.misdocumented_parameters(p.read_text())]
+    assert problems == []
