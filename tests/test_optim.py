@@ -23,12 +23,16 @@ def test_sgd_matches_optax_sgd(key):
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-6)
 
 
-def test_sgd_does_not_touch_its_arguments(key):
-    params = _tree(key)
-    before = jax.tree.map(np.array, params)
-    jaxlin.sgd(params, params, 0.5)
+def test_sgd_does_not_touch_its_arguments_even_when_they_are_mutable(key):
+    """numpy arrays can be written in place (``p -= lr * g`` would): sgd returns new ones."""
+    params = jax.tree.map(np.array, _tree(key))
+    grads = jax.tree.map(np.ones_like, params)
+    before = jax.tree.map(np.copy, (params, grads))
+    out = jaxlin.sgd(params, grads, 0.5)
     for k in params:
-        np.testing.assert_array_equal(params[k], before[k])
+        np.testing.assert_array_equal(params[k], before[0][k])
+        np.testing.assert_array_equal(grads[k], before[1][k])
+        np.testing.assert_allclose(out[k], before[0][k] - 0.5, rtol=1e-6)
 
 
 def test_clipping_matches_optax(key):
