@@ -40,7 +40,9 @@ def synthetic_data(
     """``X ~ N(0, 1)`` of shape ``(n, d)`` and ``y = X w + b + noise * N(0, 1)``, ``(n, 1)``.
 
     Example:
-      >>> X, y = synthetic_data(jax.random.key(0), [2.0, -3.4], 4.2, 1000)
+      >>> import jax
+      >>> import jaxlin
+      >>> X, y = jaxlin.synthetic_data(jax.random.key(0), [2.0, -3.4], 4.2, 1000)
       >>> X.shape, y.shape
       ((1000, 2), (1000, 1))
     """

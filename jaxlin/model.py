@@ -22,7 +22,9 @@ def init_params(key: jax.Array, num_inputs: int, sigma: float = 0.01) -> Params:
     """``w ~ N(0, sigma^2)`` of shape ``(num_inputs, 1)`` and ``b = 0`` of shape ``(1,)``.
 
     Example:
-      >>> params = init_params(jax.random.key(0), 2)
+      >>> import jax
+      >>> import jaxlin
+      >>> params = jaxlin.init_params(jax.random.key(0), 2)
       >>> params["w"].shape, params["b"].shape
       ((2, 1), (1,))
     """

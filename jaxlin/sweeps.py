@@ -346,10 +346,12 @@ def sweep(
       ValueError, TypeError: bad arguments (named), before any training.
 
     Example:
-      >>> data = synthetic_splits(jax.random.key(0), num_test=1000)
-      >>> result = sweep(data.train, data.val, data.test, lrs=[0.01, 0.03, 0.1],
-      ...                seeds=4, key=jax.random.key(1))
-      >>> result.val_loss.shape, select(result).lr
+      >>> import jax
+      >>> import jaxlin
+      >>> data = jaxlin.synthetic_splits(jax.random.key(0), num_test=1000)
+      >>> result = jaxlin.sweep(data.train, data.val, data.test, lrs=[0.01, 0.03, 0.1],
+      ...                       seeds=4, key=jax.random.key(1))
+      >>> result.val_loss.shape, jaxlin.sweeps.select(result).lr
       ((3, 4, 3), 0.1)
     """
     config = configs.make_config(

@@ -141,19 +141,25 @@ def _jaxlin(args, cwd, **kwargs):
                           text=True, timeout=300, **kwargs)  # fmt: skip
 
 
+def _jaxlin_with_small_files(args, cwd, limit_bytes):
+    """The ``jaxlin`` command in a subprocess that may write no file beyond ``limit_bytes``."""
+    code = (
+        f"import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, {limit_bytes})); "
+        f"sys.argv = ['jaxlin', *{list(args)!r}]; "
+        f"runpy.run_module('jaxlin', run_name='__main__', alter_sys=True)"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
 def test_a_json_that_cannot_be_written_leaves_the_old_file_whole_and_exits_1(tmp_path):
     """A write that fails at run time (here a file-size limit) names the file, exit status 1."""
     old = json.dumps({"an": "earlier result"})
     (tmp_path / "out.json").write_text(old)
 
     args = ["train", "--num-train", "32", "--num-val", "8", "--quiet", "--no-cache", "--json"]
-    small_files = (  # files of at most 1 KiB: less than the record, more than nothing
-        f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024)); "
-        f"sys.argv = ['jaxlin', *{[*args, 'out.json']!r}]; "
-        f"runpy.run_module('jaxlin', run_name='__main__', alter_sys=True)"
-    )
-    done = subprocess.run([sys.executable, "-c", small_files], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = _jaxlin_with_small_files([*args, "out.json"], tmp_path, 1024)  # < the record
     assert done.returncode == 1, done.stderr
     assert done.stderr == "jaxlin: error: cannot write out.json: File too large\n"
     assert (tmp_path / "out.json").read_text() == old  # replaced whole or not at all
@@ -228,13 +234,7 @@ def test_a_checkpoint_that_cannot_be_written_names_its_file_and_exits_1(tmp_path
     """A file-size limit hit while appending the history: one line naming the file, exit 1."""
     args = ["train", "--num-train", "4096", "--num-val", "8", "--batch-size", "1", "--epochs",
             "3", "--quiet", "--no-cache", "--checkpoint-dir", "ck"]  # fmt: skip
-    small_files = (  # 8 KiB: less than an epoch's row of 4,096 losses
-        f"import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192)); "
-        f"sys.argv = ['jaxlin', *{args!r}]; "
-        f"runpy.run_module('jaxlin', run_name='__main__', alter_sys=True)"
-    )
-    done = subprocess.run([sys.executable, "-c", small_files], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = _jaxlin_with_small_files(args, tmp_path, 8192)  # < an epoch's row of 4,096 losses
     assert done.returncode == 1, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"jaxlin: error: cannot write {tmp_path}/ck/history.")

@@ -145,8 +145,9 @@ def epoch_line(args, end, seconds: float) -> str:
     return f"{line}  ({seconds:.2f} s elapsed)"
 
 
-def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
-    """``--json`` and ``--plot``, noted in what Ctrl-C reports as saved; returns their paths."""
+def write_outputs(args, record: dict, save_plot) -> list[str]:
+    """``--json``, then ``--plot`` (``save_plot(path)``), each noted in what Ctrl-C reports
+    as saved; returns their paths."""
     interrupt = interrupt_of(args)
     written = []
     if args.json is not None:
@@ -154,9 +155,7 @@ def write_outputs(args, record: dict, history, *, title: str) -> list[str]:
         written.append(str(args.json))
         interrupt.saved = f"{', '.join(written)} written"
     if args.plot is not None:
-        from jaxlin.plot import save_history_plot
-
-        save_history_plot(history, args.plot, title=title)
+        save_plot(args.plot)
         written.append(str(args.plot))
         interrupt.saved = f"{', '.join(written)} written"
     return written

@@ -18,7 +18,7 @@ from jaxlin.cli.common import (
     path_flag,
     plots_to_files,
     seed,
-    write_json,
+    write_outputs,
 )
 
 DEFAULT_LRS = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3]
@@ -201,17 +201,7 @@ def run(args) -> dict:
         )
         print(f"test loss of the chosen lr: {chosen.test_loss:.4g} (std {chosen.test_std:.2g})")
     record["chosen"] = None if chosen is None else chosen._asdict()
-    written = []
-    if args.json is not None:
-        write_json(args.json, record)
-        written.append(str(args.json))
-        interrupt.saved = f"{', '.join(written)} written"
-    if args.plot is not None:
-        from jaxlin.plot import save_sweep_plot
-
-        save_sweep_plot(result, args.plot)
-        written.append(str(args.plot))
-        interrupt.saved = f"{', '.join(written)} written"
+    write_outputs(args, record, lambda path: jaxlin.plot.save_sweep_plot(result, path))
     if chosen is None:
         raise failure
     return record

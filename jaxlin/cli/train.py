@@ -377,7 +377,9 @@ def run(args) -> dict:
         "devices": 1 if mesh is None else mesh.size,
     }
     title = f"lr={args.lr}, batch={args.batch_size}"
-    written = write_outputs(args, record, history, title=title)
+    written = write_outputs(
+        args, record, lambda path: jaxlin.plot.save_history_plot(history, path, title=title)
+    )
     if args.plot_trajectory is not None:
         write_trajectory(args, initial, data.train, key_shuffle, written)
     return record

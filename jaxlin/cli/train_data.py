@@ -75,5 +75,7 @@ def run(args) -> dict:
         print(f"error in estimating b: {b_err:.4f}")
         record.update(w_error=w_err.tolist(), b_error=b_err)
     title = f"{args.data}: lr={args.lr}, batch={args.batch_size}, order {args.order}"
-    write_outputs(args, record, history, title=title)
+    write_outputs(
+        args, record, lambda path: jaxlin.plot.save_history_plot(history, path, title=title)
+    )
     return record

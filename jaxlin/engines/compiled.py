@@ -178,10 +178,17 @@ def make_train(config: TrainConfig) -> Callable:
     engine must be a compiled one (``"scan"`` or ``"affine"``).
 
     Example:
-      >>> train = make_train(TrainConfig(max_epochs=3))
+      >>> import jax
+      >>> import jaxlin
+      >>> key_data, key_init, key = jax.random.split(jax.random.key(0), 3)
+      >>> data = jaxlin.synthetic_splits(key_data)
+      >>> params = jaxlin.init_params(key_init, 2)
+      >>> train = jaxlin.make_train(jaxlin.TrainConfig(max_epochs=3))
       >>> def final_val(lr):
       ...     return train(params, data.train, data.val, key, lr)[1][1][-1]
-      >>> jax.grad(final_val)(0.03)
+      >>> grad = jax.grad(final_val)(0.03)  # d(final validation loss) / d(lr)
+      >>> grad.shape, bool(grad < 0)  # a larger lr ends lower after 3 epochs
+      ((), True)
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a jaxlin.TrainConfig, got {type(config).__name__}")

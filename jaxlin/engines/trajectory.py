@@ -77,7 +77,12 @@ def trajectory(
       ``(max_epochs * ceil(n / batch_size) + 1, d + 1)`` array.
 
     Example:
-      >>> path = trajectory(params, data.train, key=key, lr=0.03, max_epochs=3)
+      >>> import jax
+      >>> import jaxlin
+      >>> key_data, key_init, key = jax.random.split(jax.random.key(0), 3)
+      >>> data = jaxlin.synthetic_splits(key_data)  # 1000 training examples
+      >>> params = jaxlin.init_params(key_init, 2)
+      >>> path = jaxlin.trajectory(params, data.train, key=key, lr=0.03, max_epochs=3)
       >>> path.shape  # 3 epochs of 32 steps, and the start
       (97, 3)
     """

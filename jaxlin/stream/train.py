@@ -218,9 +218,14 @@ def fit_stream(
       ``(params, history)`` as ``fit``.
 
     Example:
-      >>> generate_shards(jax.random.key(0), "data", 100_000, shards=4)
-      >>> params, hist = fit_stream(init_params(jax.random.key(1), 2), "data",
+      >>> import jax
+      >>> import jaxlin
+      >>> from jaxlin.stream import fit_stream, generate_shards
+      >>> dataset = generate_shards(jax.random.key(0), "data", 10_000, shards=4)
+      >>> params, hist = fit_stream(jaxlin.init_params(jax.random.key(1), 2), "data",
       ...                           key=jax.random.key(2))
+      >>> hist.train_loss.shape  # 3 epochs of 313 batches of 32 (the last one of 16)
+      (3, 313)
     """
     configs.refuse_traced("jaxlin.fit_stream", params, val, lr, key)
     config = configs.make_config(
