@@ -322,10 +322,11 @@ check_same("our training loop vs fit(engine='step')", params_ours, params_step)
 # of `xs`, passing the new `carry` (here: the parameters) from one call to the
 # next, and stacks what each call returns (here: the losses). Inside `jax.jit`
 # the whole loop becomes one compiled program, so no Python runs between
-# steps: the shuffle, the batches, every step and the validation loss of all
-# three epochs are one call. The `callback` is called once per epoch with
-# that epoch's results, which is how we report progress without reading
-# anything back from the device at every step.
+# steps: without a callback, the shuffle, the batches, every step and the
+# validation loss of all three epochs are one call. With the `callback` below
+# it is one compiled call per epoch (the callback runs on the host between
+# them, with that epoch's results), which is how we report progress without
+# reading anything back from the device at every step.
 
 
 # %%

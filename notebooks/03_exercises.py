@@ -178,10 +178,13 @@ print("two calls, identical data:", bool(jnp.array_equal(Xa, Xb) and jnp.array_e
 inits = {"sigma = 0.01 (lecture)": 0.01, "zeros": 0.0, "variance 1000": 1000**0.5}
 fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
 for label, sigma in inits.items():
-    p = jaxlin.init_params(key_init, 2, sigma=sigma)
-    p, h = jaxlin.fit(p, data.train, data.val, lr=0.03, max_epochs=10, key=key_shuffle)
-    w_err, b_err = jaxlin.estimation_error(p, data.w, data.b)
-    print(f"{label:24s} val loss after 3 / 10 epochs: {h.val_loss[2]:.2e} / {h.val_loss[-1]:.2e}")
+    p0 = jaxlin.init_params(key_init, 2, sigma=sigma)
+    p, h = jaxlin.fit(p0, data.train, data.val, lr=0.03, max_epochs=10, key=key_shuffle)
+    start = float(jaxlin.loss_fn(p0, *data.val))
+    print(
+        f"{label:24s} initial w {np.round(np.ravel(p0['w']), 2)}, initial val loss "
+        f"{start:.3g}; after 3 / 10 epochs: {h.val_loss[2]:.2e} / {h.val_loss[-1]:.2e}"
+    )
     ax.plot(np.arange(1, 11), h.val_loss, "o-", label=label)
 ax.set_yscale("log")
 ax.set_xlabel("epoch")
@@ -197,12 +200,14 @@ plt.show()
 # at `w = 0`, so nothing is stuck. (It fails in networks with hidden layers,
 # where zero weights make all hidden units identical with identical gradients:
 # the symmetry is never broken.) **Variance 1000 still converges**, because the
-# problem is convex and the learning rate is small enough, but it starts with a
-# loss of about 1000 instead of about 17 (weights of size ~30 instead of ~0.01),
-# and SGD, which shrinks the error by a roughly constant factor per epoch, needs
-# more epochs to remove a larger initial error: after 3 epochs it is far behind
-# the others, and it catches up only by epoch 10. A large initialisation only hurts; in deep
-# networks it can also make activations and gradients explode.
+# problem is convex and the learning rate is small enough, but it starts far
+# from the solution: its weights have a standard deviation of $\sqrt{1000}
+# \approx 32$ instead of 0.01 (the printed initial `w`), so its initial loss,
+# printed beside them, is far above the others'. SGD shrinks the error by a
+# roughly constant factor per epoch, so a larger initial error needs more
+# epochs: compare the printed losses after 3 and after 10 epochs, and the
+# curves. A large initialisation only hurts; in deep networks it can also make
+# activations and gradients explode.
 #
 # ## 3.4.2: Ohm's law with automatic differentiation
 #
@@ -382,7 +387,8 @@ wrong = (y_hat - y_flat) ** 2 / 2
 print("y_hat", y_hat.shape, "- y", y_flat.shape, "->", wrong.shape)
 print(
     f"at trained parameters: without reshape {wrong.mean():.3g}, "
-    f"with reshape {jaxlin.squared_loss(y_hat, y_flat):.3g}"
+    f"with reshape {jaxlin.squared_loss(y_hat, y_flat):.3g}; variance of the labels "
+    f"{float(jnp.var(y_flat)):.3g}"
 )
 with jax.numpy_rank_promotion("raise"):
     try:
@@ -392,9 +398,10 @@ with jax.numpy_rank_promotion("raise"):
 
 # %% [markdown]
 # The right loss is at the noise floor, $0.01^2/2 = 5 \times 10^{-5}$; the
-# broadcast one is about half the variance of the labels, over five orders of
-# magnitude larger, and its gradient would pull every prediction towards the
-# mean label. At the near-zero initial parameters the two would look alike
+# broadcast one averages $(\hat y_i - y_j)^2 / 2$ over every *pair* of
+# examples, which for $\hat y \approx y$ is the variance of the labels (printed
+# beside it): orders of magnitude larger, and its gradient would pull every
+# prediction towards the mean label. At the near-zero initial parameters the two would look alike
 # (both are about the labels' spread), which is why this bug hides so well.
 #
 # ## 3.4.6: learning rates and epochs
@@ -592,17 +599,22 @@ for ax, shuffle in zip(axes, [False, True], strict=True):
     _, b_err = jaxlin.estimation_error(p, data.w, data.b)
     print(
         f"adversarial order, shuffle={shuffle}: learned b = {float(p['b'][0]):.3f}, "
-        f"error in b = {float(b_err):+.3f}"
+        f"error in b = {float(b_err):+.3f} (error^2 / 2 = {float(b_err) ** 2 / 2:.3g}); "
+        f"final losses: val {h.val_loss[-1]:.3g}, train (last epoch's mean) "
+        f"{h.train_loss[-1].mean():.3g}"
     )
     plot_history(h, ax=ax, title=f"adversarial order, shuffle={shuffle}")
 plt.show()
 
 # %% [markdown]
-# The validation loss lies far below the training loss in both panels, and
-# that is expected here: the training labels carry noise of standard deviation
-# 1.0, so even the true parameters have a training loss of about
-# $1^2 / 2 = 0.5$, while the validation set is the lecture's, with noise 0.01,
-# so its loss measures almost only the error in the parameters.
+# The training labels carry noise of standard deviation 1.0, so even the true
+# parameters have a training loss of about $1^2 / 2 = 0.5$, while the
+# validation set is the lecture's, with noise 0.01: its loss measures almost
+# only the error in the parameters. Reshuffled (right), that error is small
+# and the validation loss lies far below the training loss. In order (left),
+# the validation loss is not small: it is about $\text{error}_b^2 / 2$, the
+# error in the bias alone (both printed above), while the training loss swings
+# within each epoch.
 #
 # In order, the learned bias is off by about one noise standard deviation,
 # because the last few steps of each epoch (the memory of SGD at `lr = 0.1`

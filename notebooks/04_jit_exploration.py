@@ -131,7 +131,8 @@ for engine in ENGINES:
     rows.append(("lecture (1,000)", engine, measure(run_fit(seed, engine), repeats), 1.0))
 
 # %% [markdown]
-# On the larger problem the eager engine would take minutes, so it runs only
+# On the larger problem a whole eager epoch would take far longer than the
+# other engines' (the estimate printed below says how long), so it runs only
 # `EAGER_STEPS` steps and its time per epoch is an **estimate**: the time of
 # those steps scaled to a whole epoch (every step does the same work,
 # whatever the size of the data). It is labelled as such below. The other
@@ -191,10 +192,11 @@ plt.show()
 #   Python data loader and the step.
 # - **scan** and **affine** compile the whole run once. On the lecture's
 #   problem compiling costs far more than running an epoch (orders of
-#   magnitude), so for small problems the compile time is what you wait for;
-#   on the larger problem the per-step cost is what matters, and the
-#   compiled engines' is the lowest because nothing goes back to Python
-#   between steps.
+#   magnitude), so for small problems the compile time is what you wait for.
+#   On the larger problem the table shows compiling still costing many
+#   epochs; the compiled engines pay it once, and from then on their cost per
+#   step is the lowest because nothing goes back to Python between steps, so
+#   the longer the run, the more their per-step cost is what matters.
 #
 # ## What triggers a recompile
 #
