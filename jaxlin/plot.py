@@ -185,13 +185,15 @@ def plot_trajectory(paths, train, ax=None, *, title: str | None = None, lims=Non
     loss = _profile_loss(X, y, w1, w2)
     floor = max(float(loss.min()), 1e-12)
     levels = np.geomspace(floor * 1.5, float(loss.max()), 12)
-    ax.contour(w1, w2, loss, levels=levels, colors="0.6", linewidths=0.7)
+    contours = ax.contour(w1, w2, loss, levels=levels, colors="0.6", linewidths=0.7)
+    ax.clabel(contours, contours.levels[::3], fontsize="x-small", fmt="%.2g")  # the loss
     for i, (label, path) in enumerate(paths.items()):
         color = f"C{i}"
         marker = "." if len(path) <= 200 else None  # few steps: show each one
         ax.plot(path[:, 0], path[:, 1], "-", marker=marker, ms=4, color=color, lw=0.9, label=label)
-        ax.plot(*path[0, :2], "o", color=color, ms=5)
+        ax.plot(*path[0, :2], "o", color=color, ms=5, label="start" if i == 0 else None)
     ax.plot(*best[:2], "k*", ms=11, label="least squares")
+    ax.plot([], [], color="0.6", lw=0.7, label="loss, b at its best")  # what the contours are
     ax.set_xlim(*lims[0])
     ax.set_ylim(*lims[1])
     ax.set_aspect("equal")  # a round contour looks round
