@@ -277,8 +277,25 @@ def cli_help() -> str:
 # ---- mkdocs hooks -----------------------------------------------------------------------
 
 
+_COMMAND = {}  # the mkdocs command of this process ("build", "serve", "gh-deploy")
+
+
+def on_startup(command, dirty):
+    """Remember the command: ``serve`` shows the notebooks without executing them."""
+    del dirty
+    _COMMAND["name"] = command
+
+
 def on_config(config):
-    """The notebooks' kernel: this checkout, the CPU, the tests' small sizes, inline figures."""
+    """The notebooks' kernel: this checkout, the CPU, the tests' small sizes, inline figures.
+
+    ``mkdocs serve`` renders the notebooks as they are, without running them
+    (executing all four takes minutes before the first page answers), unless
+    ``JAXLIN_DOCS_EXECUTE`` says otherwise; ``mkdocs build`` executes them.
+    """
+    jupyter = config.plugins.get("mkdocs-jupyter")
+    if _COMMAND.get("name") == "serve" and "JAXLIN_DOCS_EXECUTE" not in os.environ and jupyter:
+        jupyter.config["execute"] = False
     os.environ["JAXLIN_NB_SMALL"] = "1"
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.pop("MPLBACKEND", None)
@@ -322,11 +339,20 @@ def on_files(files, config):
     return files
 
 
-ROW = re.compile(
-    r'<tr class="doc-section-item">\s*<td>\s*<code>([^<]+)</code>\s*</td>\s*<td>(.*?)</td>'
-    r".*?</td>\s*<td>(.*?)</td>\s*</tr>",
-    re.S,
-)
+CELL = re.compile(r"<td>(.*?)</td>", re.S)
+
+
+def rows(table: str) -> list[tuple[str, str, str]]:
+    """``(name, type, default)`` of each row of a parameters table's HTML."""
+    out = []
+    for row in table.split('<tr class="doc-section-item">')[1:]:
+        cells = CELL.findall(row.partition("</tr>")[0])
+        if len(cells) == 4:
+            name = re.sub(r"<[^>]+>", "", cells[0]).strip()
+            out.append((name, cells[1], cells[3]))
+    return out
+
+
 HEADING = re.compile(r'<h[2-4] id="(jaxlin\.[\w.]+)" class="doc doc-heading"')
 
 
@@ -352,8 +378,8 @@ def misdocumented_parameters(html: str) -> list[str]:
             params = inspect.signature(target).parameters
         except (ImportError, AttributeError, TypeError, ValueError):
             continue  # a class attribute or a method: rendered from its own heading
-        for found in ROW.finditer(section[table : section.find("</table>", table)]):
-            shown, typed, default = found.group(1).strip().lstrip("*"), *found.groups()[1:]
+        for shown, typed, default in rows(section[table : section.find("</table>", table)]):
+            shown = shown.lstrip("*")
             if shown not in params:
                 problems.append(f"{where}: parameter {shown!r} is not in the signature")
                 continue
@@ -371,7 +397,10 @@ def misdocumented_parameters(html: str) -> list[str]:
 
 
 def on_post_build(config):
-    """Every parameter table of the built reference agrees with its signature."""
+    """Every parameter table of the built reference agrees with its signature (not
+    while serving: the build that publishes checks it)."""
+    if _COMMAND.get("name") == "serve":
+        return
     for page in sorted(Path(config["site_dir"], "api").glob("*/index.html")):
         for problem in misdocumented_parameters(page.read_text()):
             log.warning("API reference: %s", problem)

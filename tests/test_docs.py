@@ -136,7 +136,7 @@ def test_the_reference_shows_no_optional_parameter_as_required(hooks, tmp_path):
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
     pages = sorted(tmp_path.glob("api/*/index.html"))
-    rows = sum(len(hooks.ROW.findall(p.read_text())) for p in pages)
+    rows = sum(len(hooks.rows(p.read_text())) for p in pages)
     assert rows > 50  # the tables were found and read
     problems = [q for p in pages for q in hooks.misdocumented_parameters(p.read_text())]
     assert problems == []
