@@ -277,6 +277,14 @@ def cli_help() -> str:
 # ---- mkdocs hooks -----------------------------------------------------------------------
 
 
+def notebook_title(path: Path) -> str:
+    """A notebook's title in the navigation: its first heading, as plain text."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# # "):
+            return line[4:].replace("`", "").strip()
+    return path.stem
+
+
 _COMMAND = {}  # the mkdocs command of this process ("build", "serve", "gh-deploy")
 
 
@@ -306,7 +314,7 @@ def on_config(config):
         for title, members in groups().items()
         if members
     ]
-    notebooks = [f"notebooks/{p.name}" for p in NOTEBOOKS]
+    notebooks = [{notebook_title(p): f"notebooks/{p.name}"} for p in NOTEBOOKS]
     for entry in config.nav:
         if isinstance(entry, dict) and "Notebooks" in entry:
             entry["Notebooks"] = notebooks

@@ -120,7 +120,9 @@ def test_the_site_configuration_lists_the_generated_pages(hooks):
     pages = [next(iter(p.values())) for e in nav["API reference"] for p in next(iter(e.values()))]
     assert pages == [hooks.page_path(m) for m in hooks.public_modules()]
     assert "jaxlin.checks" in hooks.groups()[hooks.INTERNALS]  # internals: one separate section
-    assert nav["Notebooks"] == [f"notebooks/{p.name}" for p in hooks.NOTEBOOKS]
+    listed = [next(iter(entry.items())) for entry in nav["Notebooks"]]
+    assert [path for _, path in listed] == [f"notebooks/{p.name}" for p in hooks.NOTEBOOKS]
+    assert ("Exploring jax.jit", "notebooks/04_jit_exploration.py") in listed  # code as text
 
 
 def test_the_reference_shows_no_optional_parameter_as_required(hooks, tmp_path):
