@@ -27,7 +27,8 @@ def _estimator(**kw):
     return sk.SGDLinearRegression(**kw).fit(np.asarray(X8), np.asarray(Y8))
 
 
-# Each entry point, called with one bad training setting (and good everything else).
+# Each entry point, called with one bad training setting (and good everything else): the
+# one place where each refusal of a training setting is tested, for every entry point.
 ENTRY_POINTS = {
     "fit": lambda t, **kw: jaxlin.fit(P2, (X8, Y8), key=KEY, **kw),
     "fit_data_parallel": lambda t, **kw: parallel.fit_data_parallel(
@@ -73,7 +74,9 @@ def test_every_entry_point_refuses_the_same_values_the_same_way(
     assert str(info.value).startswith(message), str(info.value)
 
 
-@pytest.mark.parametrize("entry", ["fit", "fit_data_parallel", "fit_stream", "checkpoints"])
+@pytest.mark.parametrize(
+    "entry", ["fit", "fit_data_parallel", "fit_stream", "checkpoints", "sweep"]
+)
 def test_entry_points_refuse_a_batch_larger_than_the_data_alike(entry, shards):
     with pytest.raises(ValueError) as info:
         ENTRY_POINTS[entry](shards, batch_size=9)

@@ -216,13 +216,9 @@ BAD = [
     (dict(seeds=[1, 1]), "seeds must be distinct"),
     (dict(seeds="3"), "seeds must be an int"),
     (dict(key=3), "key must be a jax.random.key"),
-    (dict(batch_size=21), "batch_size must be <= the number of training examples \\(20\\)"),
-    (dict(max_epochs=0), "max_epochs must be an int >= 1"),
-    (dict(gradient_clip_val=-1.0), "gradient_clip_val must be >= 0"),
     (dict(sigma=-1.0), "sigma must be >= 0"),
     (dict(val=(jnp.ones((5, 3)), jnp.ones(5))), "val X has 3 features"),
     (dict(test=(X, jnp.ones(19))), "test y has 19 examples"),
-    (dict(shuffle=1), "shuffle must be True or False"),
 ]
 
 

@@ -198,16 +198,8 @@ BAD = [
         "train X must have dtype float32 or float64",
     ),
     (dict(val=(jnp.ones((5, 3)), jnp.ones(5))), "val X has 3 features"),
-    (dict(batch_size=0), "batch_size must be an int >= 1"),
-    (dict(batch_size=2.5), "batch_size must be an int >= 1"),
-    (dict(batch_size=21), "batch_size must be <= the number of training examples \\(20\\)"),
-    (dict(lr=0.0), "lr must be > 0"),
-    (dict(lr=-1.0), "lr must be > 0"),
-    (dict(lr=float("nan")), "lr must be finite"),
-    (dict(max_epochs=0), "max_epochs must be an int >= 1"),
     (dict(key=None), "key is required when shuffle=True"),
     (dict(key=3), "key must be a jax.random.key"),
-    (dict(gradient_clip_val=-1.0), "gradient_clip_val must be >= 0"),
     (dict(engine="fast"), "engine must be one of"),
 ]
 
