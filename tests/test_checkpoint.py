@@ -132,41 +132,24 @@ def test_a_crash_that_leaves_a_temporary_file_does_not_matter(tmp_path):
 
 def test_a_run_that_differs_is_refused_naming_the_differing_fields(problem, key, tmp_path):
     s, params = problem
+    run = {"seed": 0, "noise": 0.01}
     kwargs = dict(max_epochs=2, batch_size=32, key=key, checkpoint_dir=tmp_path)
-    fit_with_checkpoints(params, s.train, s.val, run={"seed": 0, "noise": 0.01}, **kwargs)
-    with pytest.raises(ValueError, match=r"differing fields: batch_size: saved 32, requested 16"):
-        fit_with_checkpoints(
-            params,
-            s.train,
-            s.val,
-            resume=True,
-            run={"seed": 0, "noise": 0.01},
-            **{**kwargs, "batch_size": 16},
-        )
-    with pytest.raises(ValueError, match=r"differing fields: lr: .*seed: saved 0, requested 1"):
-        fit_with_checkpoints(
-            params,
-            s.train,
-            s.val,
-            resume=True,
-            run={"seed": 1, "noise": 0.01},
-            lr=0.1,
-            **kwargs,
-        )
-    other = (s.train[0] + 1.0, s.train[1])
-    with pytest.raises(ValueError, match=r"differing fields: train_data"):
-        fit_with_checkpoints(
-            params, other, s.val, resume=True, run={"seed": 0, "noise": 0.01}, **kwargs
-        )
-    with pytest.raises(ValueError, match=r"differing fields: key"):
-        fit_with_checkpoints(
-            params,
-            s.train,
-            s.val,
-            resume=True,
-            run={"seed": 0, "noise": 0.01},
-            **{**kwargs, "key": jax.random.key(123)},
-        )
+    fit_with_checkpoints(params, s.train, s.val, run=run, **kwargs)
+    other_data = (s.train[0] + 1.0, s.train[1])
+    differing = [  # (what the resume changes, the message)
+        (dict(batch_size=16), r"differing fields: batch_size: saved 32, requested 16"),
+        (
+            dict(lr=0.1, run={**run, "seed": 1}),
+            r"differing fields: lr: .*seed: saved 0, requested 1",
+        ),
+        (dict(train=other_data), r"differing fields: train_data"),
+        (dict(key=jax.random.key(123)), r"differing fields: key"),
+        (dict(engine="affine"), r"differing fields: engine: saved 'scan', requested 'affine'"),
+    ]
+    for change, message in differing:
+        call = {"train": s.train, "run": run, **kwargs, **change}
+        with pytest.raises(ValueError, match=message):
+            fit_with_checkpoints(params, call.pop("train"), s.val, resume=True, **call)
 
 
 def test_missing_and_corrupt_checkpoints_are_named(tmp_path):
