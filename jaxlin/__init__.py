@@ -32,6 +32,12 @@ _HOMES = {
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [name for names in _HOMES.values() for name in names]
+# The modules reachable as attributes (``jaxlin.shuffle.permutation``), imported on first use.
+_SUBMODULES = (
+    "checkpoint", "checks", "choices", "cli", "command", "config", "data", "engines", "files",
+    "model", "optim", "parallel", "plot", "shuffle", "sklearn", "stream", "sweeps", "train",
+    "trainer",
+)  # fmt: skip
 
 
 def __getattr__(name: str):
@@ -50,11 +56,8 @@ def __getattr__(name: str):
         value = getattr(module, name)
         globals()[name] = value
         return value
-    try:  # a submodule as an attribute path: jaxlin.checkpoint.load_checkpoint
+    if name in _SUBMODULES:  # a submodule as an attribute path: jaxlin.checkpoint.load_checkpoint
         return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
     raise AttributeError(f"module 'jaxlin' has no attribute {name!r}")
 
 

@@ -432,18 +432,16 @@ def _archive_arrays(path: Path, archive) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{unreadable}: array {missing[0]!r} is missing")
     if names - {"meta", "w", "b", "key"}:
         raise CheckpointError(f"{unreadable}: it holds arrays jaxlin does not write")
-    data = {}
-    for name in sorted(names):
+    for info in archive.zip.infolist():  # the sizes entries declare, before any is inflated
+        name = info.filename.removesuffix(".npy")
         limit = _MAX_ARRAY_BYTES.get(name) or checks.memory_bytes()
-        try:  # the size the entry declares, read before anything is decompressed
-            size = archive.zip.getinfo(f"{name}.npy").file_size
-        except KeyError:
-            size = 0  # an entry numpy names otherwise: read below, as numpy does
-        if size > limit:
+        if info.file_size > limit:
             raise CheckpointError(
-                f"{unreadable}: array {name!r} would take {checks.size_text(size)}, "
+                f"{unreadable}: array {name!r} would take {checks.size_text(info.file_size)}, "
                 f"more than a checkpoint's {name!r} can ({checks.size_text(limit)})"
             )
+    data = {}
+    for name in sorted(names):
         try:
             data[name] = archive[name]
         except ValueError as err:
@@ -464,14 +462,19 @@ def _archive_arrays(path: Path, archive) -> dict[str, np.ndarray]:
     return data
 
 
+def _refuse_constant(name: str):
+    """``json.loads``' hook for ``NaN`` and ``Infinity``: not JSON, and never equal to itself."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _read_meta(path: Path, data: dict[str, np.ndarray], requested: dict | None) -> dict:
     """The checked ``meta`` entry of an archive."""
     entry = data["meta"]
     if entry.shape != () or entry.dtype.kind != "U":
         raise CheckpointError(f"{path} is not a valid jaxlin checkpoint: meta is not a string")
-    try:
-        meta = json.loads(str(entry[()]))
-    except ValueError:
+    try:  # strict JSON: no NaN or Infinity, and no nesting deeper than Python can parse
+        meta = json.loads(str(entry[()]), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         raise CheckpointError(
             f"{path} is not a valid jaxlin checkpoint: meta is not JSON"
         ) from None

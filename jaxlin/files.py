@@ -11,7 +11,8 @@ import contextlib
 import io
 import os
 import re
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +93,25 @@ def locked(path: str | os.PathLike):
         os.close(fd)
 
 
+def _temporary(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path``, with the permissions ``path`` has (or, for a
+    new file, what the umask gives any new file: not ``mkstemp``'s owner-only)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        except FileExistsError:
+            continue
+        if mode is not None:
+            os.fchmod(fd, mode)
+        return fd, str(tmp)
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     """Write ``path`` all or nothing: a temporary file in the same folder, then a rename.
 
@@ -106,7 +126,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     folder = path.parent
     remove_leftovers(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+        fd, tmp = _temporary(path)
     except OSError as err:
         raise OSError(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from None
     try:

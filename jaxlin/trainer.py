@@ -53,16 +53,13 @@ class TrainingDiverged(FloatingPointError):
     """The training loss or the parameters stopped being finite."""
 
 
-def check_finite(
-    params, losses: np.ndarray, first_epoch: int, lr: float, *, run_start: int | None = None
-) -> None:
+def check_finite(params, losses: np.ndarray, first_epoch: int, lr: float) -> None:
     """Raise ``TrainingDiverged`` naming the first non-finite step (epoch and step 1-based).
 
-    ``losses`` are epochs ``first_epoch ..`` of a run that began at epoch
-    ``run_start`` (default ``first_epoch``): a loss already non-finite at the
-    run's first step is blamed on the parameters or data, not the lr.
+    ``losses`` are epochs ``first_epoch ..``; a loss already non-finite at the
+    very first step of training (epoch 1, step 1: no update yet) is blamed on
+    the parameters or data, not the lr.
     """
-    run_start = first_epoch if run_start is None else run_start
     bad = ~np.isfinite(losses)
     params_ok = all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
     if not bad.any() and params_ok:
@@ -73,7 +70,7 @@ def check_finite(
         where = (
             f"the training loss became {losses[e, s]} at epoch {first_epoch + e + 1}, step {s + 1}"
         )
-        if first_epoch + e == run_start and s == 0:  # before any update: no lr played a part
+        if first_epoch + e == 0 and s == 0:  # before any update: no lr played a part
             where = f"the training loss was {losses[0, 0]} at the first step, before any update"
             hint = (
                 "The initial parameters or the data are too large for their dtype (the lr "
@@ -116,7 +113,7 @@ def run_loop(
         losses[epoch - first] = loss[0]
         val_losses[epoch - first] = val_loss[0]
         if not finite:  # None: not known, checked here
-            check_finite(params, loss, epoch, lr, run_start=first)
+            check_finite(params, loss, epoch, lr)
         if callback is not None:
             val_now = float(val_loss[0]) if has_val else None
             callback(EpochEnd(epoch, params, losses[epoch - first].copy(), val_now))

@@ -248,6 +248,9 @@ CLI = [
     ("json in the dataset", lambda t: [
         "--data", _folder(t, "ds"), "--json", str(t / "ds" / "manifest.json")],
      "--json {t}/ds/manifest.json: would overwrite a file of --data {t}/ds; write it elsewhere"),
+    ("json is the checkpoint folder", lambda t: [
+        "--checkpoint-dir", str(t / "run1"), "--json", str(t / "run1")],
+     "--json {t}/run1: is where --checkpoint-dir {t}/run1 goes; write it elsewhere"),
     ("json is the checkpoint", lambda t: [
         "--checkpoint-dir", _folder(t, "c"), "--json", str(t / "c" / "checkpoint.npz")],
      "--json {t}/c/checkpoint.npz: would overwrite a file of --checkpoint-dir {t}/c"),

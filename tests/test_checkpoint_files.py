@@ -101,6 +101,17 @@ def _rewrite_compressed(folder: Path, **changes) -> None:
         np.savez_compressed(f, **arrays)
 
 
+def _plain_entry(folder: Path, name: str, data: bytes) -> None:
+    """Replace the archive's ``name.npy`` by a deflated entry called just ``name``."""
+    path = folder / FILENAME
+    with zipfile.ZipFile(path) as z:
+        kept = {i.filename: z.read(i) for i in z.infolist() if i.filename != f"{name}.npy"}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for entry, content in kept.items():
+            z.writestr(entry, content)
+        z.writestr(name, data)
+
+
 def _set(field, value):
     return lambda meta: {**meta, field: value}
 
@@ -176,6 +187,10 @@ CORRUPT = [
     ("epoch huge", lambda d: _edit_meta(d, _set("epoch", 10**30)),
      rf"holds {EPOCHS} epochs, the checkpoint counts {10**30}"),
     ("steps huge", lambda d: _edit_meta(d, _set("steps", 10**15)), r"holds 0 epochs"),
+    ("key inflates, unnamed .npy", lambda d: _plain_entry(d, "key", bytes(4 << 20)),
+     r"array 'key' would take 4 MiB, more than a checkpoint's 'key' can"),
+    ("meta NaN", lambda d: _edit_meta(d, _set_config("lr", float("nan"))), r"meta is not JSON"),
+    ("meta nested deep", lambda d: _rewrite(d, meta=np.array("[" * 200_000)), r"meta is not JSON"),
     ("key inflates", lambda d: _rewrite_compressed(d, key=np.zeros(1 << 20, np.uint32)),
      r"array 'key' would take 4 MiB, more than a checkpoint's 'key' can \(1 KiB\)"),
     ("loss dtype", lambda d: _edit_meta(d, _set("loss_dtype", "int8")), r"'loss_dtype' must be"),

@@ -239,3 +239,16 @@ def test_a_checkpoint_that_cannot_be_written_names_its_file_and_exits_1(tmp_path
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"jaxlin: error: cannot write {tmp_path}/ck/history.")
     assert done.stderr.endswith(": File too large\n")
+
+
+def test_outputs_keep_the_permissions_of_the_file_they_replace(tmp_path):
+    args = ["train", "--num-train", "32", "--num-val", "8", "--quiet", "--no-cache", "--json"]
+    new, old = tmp_path / "new.json", tmp_path / "old.json"
+    old.write_text("{}")
+    old.chmod(0o640)
+    for path in (new, old):
+        assert main([*args, str(path)]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert new.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file: not owner-only
+    assert old.stat().st_mode & 0o777 == 0o640

@@ -210,7 +210,11 @@ def check_paths(outputs: list[tuple[str, Path | None]], inputs=(), folders=()) -
             if q is not None and _same_file(p, q):
                 raise ValueError(f"{flag} {p}: is the {other} file this run reads")
         for other, folder, owned in folders:
-            if folder is None or (not _inside(p.parent, folder) and not _inside(p, folder)):
+            if folder is None:
+                continue
+            if _inside(folder, p):  # the output is the folder, or a folder above it
+                raise ValueError(f"{flag} {p}: is where {other} {folder} goes; write it elsewhere")
+            if not _inside(p.parent, folder) and not _inside(p, folder):
                 continue
             if owned is None or owned(p.name):
                 raise ValueError(

@@ -225,6 +225,7 @@ def make_train(config: TrainConfig) -> Callable:
 def _check_shapes(config: TrainConfig, params, X, y, val, key) -> None:
     """What shapes and dtypes can tell, checked when ``train`` is traced (values are not
     known there): one line naming the argument, not an error from deep inside XLA."""
+    canonical = jax.dtypes.canonicalize_dtype  # float64 is float32 without x64, as jit makes it
     dtype = getattr(X, "dtype", None)
     if getattr(X, "ndim", None) != 2 or not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
@@ -232,7 +233,8 @@ def _check_shapes(config: TrainConfig, params, X, y, val, key) -> None:
             f"{getattr(X, 'ndim', '?')}-D {dtype or type(X).__name__}"
         )
     n, d = X.shape
-    if getattr(y, "size", None) != n or y.dtype != dtype:
+    dtype = canonical(dtype)
+    if getattr(y, "size", None) != n or canonical(y.dtype) != dtype:
         raise TypeError(
             f"data y must hold {n} {dtype} values (one per row of X), got shape "
             f"{getattr(y, 'shape', '?')} {getattr(y, 'dtype', type(y).__name__)}"
@@ -245,14 +247,14 @@ def _check_shapes(config: TrainConfig, params, X, y, val, key) -> None:
             f"params must be {{'w': ({d}, 1), 'b': (1,)}} for X with {d} features, got "
             f"w {getattr(w, 'shape', None)} and b {getattr(b, 'shape', None)}"
         )
-    if w.dtype != dtype or b.dtype != dtype:
+    if canonical(w.dtype) != dtype or canonical(b.dtype) != dtype:
         raise TypeError(f"params must be {dtype} like X, got w {w.dtype} and b {b.dtype}")
     if config.batch_size > n:
         raise ValueError(
             f"batch_size must be <= the number of training examples ({n}), got {config.batch_size}"
         )
     if val is not None and (
-        getattr(val[0], "shape", (None, None))[1:] != (d,) or val[0].dtype != dtype
+        getattr(val[0], "shape", (None, None))[1:] != (d,) or canonical(val[0].dtype) != dtype
     ):
         raise ValueError(
             f"val X must be (m, {d}) {dtype} like X, got {getattr(val[0], 'shape', '?')} "
