@@ -327,7 +327,22 @@ def _address_space_left() -> int | None:
             mapped = int(f.read(64).split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (ImportError, OSError, ValueError, IndexError):
         return None
+    if not _backend_started():  # what starting it will map (measured: about 0.9 GiB)
+        mapped += BACKEND_MAPS_BYTES
     return max(soft - mapped, 0)
+
+
+BACKEND_MAPS_BYTES = 1 << 30  # the address space JAX's CPU backend maps when it starts
+
+
+def _backend_started() -> bool:
+    """Whether JAX has started a backend (a check made before it starts counts its maps)."""
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge._backends)
+    except (ImportError, AttributeError):  # another JAX layout: assume started
+        return True
 
 
 def available_bytes() -> tuple[int, str]:

@@ -8,6 +8,7 @@ renamed into place, so a reader, a full disk or a kill never sees half of it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -44,19 +45,23 @@ def temporary_pattern(name: str) -> re.Pattern:
     return re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}{re.escape(TEMPORARY_SUFFIX)}")
 
 
-def unlocked(path: str) -> bool:
-    """Whether no live process holds the lock on ``path`` (its writer died or finished)."""
+def remove_if_abandoned(path: str, remove: Callable[[str], None]) -> None:
+    """``remove(path)`` if no live process holds the lock on ``path`` (its writer died or
+    finished), holding that lock meanwhile, so no writer can take it up in between."""
     if fcntl is None:
-        return False
+        return
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
-        return False
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
+    except OSError:  # held: a live writer's
+        os.close(fd)
+        return
+    try:
+        with contextlib.suppress(OSError):
+            remove(path)
     finally:
         os.close(fd)
 
@@ -70,13 +75,8 @@ def remove_leftovers(path: Path) -> None:
     pattern = temporary_pattern(path.name)
     with contextlib.suppress(OSError), os.scandir(path.parent or ".") as entries:
         for entry in entries:
-            if (
-                pattern.fullmatch(entry.name)
-                and entry.is_file(follow_symlinks=False)
-                and unlocked(entry.path)
-            ):
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+            if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                remove_if_abandoned(entry.path, os.unlink)
 
 
 @contextlib.contextmanager
@@ -88,6 +88,8 @@ def locked(path: str | os.PathLike):
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):  # removed before it was locked
+            raise FileNotFoundError(errno.ENOENT, "removed by another run", str(path))
         yield
     finally:
         os.close(fd)
@@ -106,6 +108,15 @@ def _temporary(path: Path) -> tuple[int, str]:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
         except FileExistsError:
             continue
+        if fcntl is not None:  # held until closed: this file is not a leftover
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                taken = not os.path.samestat(os.fstat(fd), os.stat(tmp))
+            except FileNotFoundError:
+                taken = True
+            if taken:  # another run removed it before it was locked: make another
+                os.close(fd)
+                continue
         if mode is not None:
             os.fchmod(fd, mode)
         return fd, str(tmp)
@@ -131,8 +142,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         raise OSError(err.errno, f"cannot write {path}: {err.strerror}", str(path)) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            if fcntl is not None:  # held until closed: this file is not a leftover
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             write(f)
             f.flush()
             os.fsync(f.fileno())

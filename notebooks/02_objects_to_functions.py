@@ -171,6 +171,18 @@ print(
         )
     ),
 )
+same_key = jnp.array_equal(
+    jax.random.key_data(k1), jax.random.key_data(jax.random.fold_in(key_demo, 0))
+)
+print("split's first key is fold_in(key, 0):", bool(same_key))
+
+# %% [markdown]
+# Both functions hash the parent key with a counter, so a child made by one can
+# equal a child made by the other: the last line says whether `split`'s first
+# key and `fold_in(key, 0)` coincide with this JAX. That is not a re-used key
+# within one scheme, but it is a reason to derive all the children of a key
+# with **one** scheme: use `split` once at the top (data, init, shuffle), then
+# `fold_in` on the shuffle key for its epochs, as `jaxlin` does.
 
 # %% [markdown]
 # ## 3. `zero_grad` and `param -= lr * grad` versus returned values

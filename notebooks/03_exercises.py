@@ -530,6 +530,8 @@ for index, name in enumerate(LOSSES):
         )
         w_err, b_err = jaxlin.estimation_error(p, data.w, data.b)
         print(f"{name:9s} {labels:8s} {float(jnp.linalg.norm(w_err)):13.2e} {float(b_err):+11.2e}")
+low, high = (float(f(jnp.asarray(paths["squared", "outlier"]))) for f in (jnp.min, jnp.max))
+print(f"the squared loss's b with the outlier ranges over [{low:.3g}, {high:.3g}]")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", sharey=True)
@@ -539,7 +541,7 @@ for ax, labels in zip(axes, ["clean", "outlier"], strict=True):
     ax.axhline(4.2, color="k", ls=":", label="true b")
     ax.set_xlabel("SGD step")
     ax.set_title(f"{labels} labels" + (" (y[5] = 10000)" if labels == "outlier" else ""))
-axes[0].set_ylabel("learned b")
+axes[0].set_ylabel("learned b (window [-5, 15]; see the printed range)")
 axes[0].set_ylim(-5, 15)
 axes[1].legend()
 plt.show()

@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxlin import checks
 from jaxlin.data import TRUE_B, TRUE_W, synthetic_data
-from jaxlin.files import fsync_folder, locked, unlocked
+from jaxlin.files import fsync_folder, locked, remove_if_abandoned
 
 MANIFEST = "manifest.json"
 FORMAT = "jaxlin-shards/1"
@@ -561,12 +561,8 @@ def _remove_leftovers(target: Path) -> None:
     if not target.parent.is_dir():
         return
     for entry in os.scandir(target.parent):
-        if (
-            pattern.fullmatch(entry.name)
-            and entry.is_dir(follow_symlinks=False)
-            and unlocked(entry.path)
-        ):
-            shutil.rmtree(entry.path, ignore_errors=True)
+        if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+            remove_if_abandoned(entry.path, lambda p: shutil.rmtree(p, ignore_errors=True))
 
 
 def _swap_in(new: Path, target: Path) -> None:
