@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
@@ -77,12 +78,29 @@ class jit:  # lower case: used like jax.jit
         signature = _signature(args)
         executable = self.loaded.get(signature)
         if executable is not None:
-            return executable(*args)
+            return _plain(executable(*args))
         self.loaded[signature], out = _STORE[0].run(self, signature, args)
-        return out
+        return _plain(out)
 
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
+
+
+def _plain(out):
+    """A stored program's float outputs as arrays made on the host side, like any other.
+
+    An array a deserialized executable returns can differ from a traced one in
+    what tracing sees (jax 0.12: a program traced on it gets a gradient whose
+    type "float32[1]" does not match "float32[1]"); a copy through the host
+    (no compilation) is an ordinary array. Keys are passed as they are.
+    """
+
+    def plain(leaf):
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return jax.device_put(np.asarray(leaf), leaf.sharding)
+        return leaf
+
+    return jax.tree.map(plain, out)
 
 
 _STORE: list = []  # the ProgramStore in use, if any (store_programs)
