@@ -182,7 +182,7 @@ for label, sigma in inits.items():
     p, h = jaxlin.fit(p0, data.train, data.val, lr=0.03, max_epochs=10, key=key_shuffle)
     start = float(jaxlin.loss_fn(p0, *data.val))
     print(
-        f"{label:24s} initial w {np.round(np.ravel(p0['w']), 2)}, initial val loss "
+        f"{label:24s} initial w {np.round(np.ravel(p0['w']), 2) + 0.0}, initial val loss "
         f"{start:.3g}; after 3 / 10 epochs: {h.val_loss[2]:.2e} / {h.val_loss[-1]:.2e}"
     )
     ax.plot(np.arange(1, 11), h.val_loss, "o-", label=label)
