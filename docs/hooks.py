@@ -51,6 +51,8 @@ GROUPS = {
     "Data on disk": ("jaxlin.stream",),
     "Checkpoints": ("jaxlin.checkpoint",),
     "Plots": ("jaxlin.plot",),
+    "Course kit": ("jaxlin.course", "jaxlin.course.assignment", "jaxlin.course.checks",
+                   "jaxlin.course.grade"),
 }  # fmt: skip
 INTERNALS = "Internals"
 
@@ -170,7 +172,10 @@ def home(mods: dict[str, Module], module: str, name: str, seen=()) -> str:
         # A name defined in a private module is rendered where it is made public.
         return target if is_public(target.rpartition(".")[0]) else f"{module}.{name}"
     # Neither defined nor imported here (a lazy ``__getattr__``): the one module that defines it.
-    owners = [n for n, other in mods.items() if is_public(n) and name in other.defined]
+    owners = [
+        n for n, other in mods.items()
+        if is_public(n) and name in other.defined and name in other.public
+    ]  # fmt: skip
     if len(owners) != 1:
         raise LookupError(f"{module}.{name}: defined in {owners or 'no public module'}")
     return f"{owners[0]}.{name}"

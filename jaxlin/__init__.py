@@ -34,7 +34,8 @@ _HOME = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = [name for names in _HOMES.values() for name in names]
 # The modules reachable as attributes (``jaxlin.shuffle.permutation``), imported on first use.
 _SUBMODULES = (
-    "checkpoint", "checks", "choices", "cli", "command", "config", "data", "engines", "files",
+    "checkpoint", "checks", "choices", "cli", "command", "config", "course", "data", "engines",
+    "files",
     "model", "optim", "parallel", "plot", "shuffle", "sklearn", "stream", "sweeps", "train",
     "trainer",
 )  # fmt: skip

@@ -32,6 +32,10 @@
 # parameters are a small dictionary that functions take and return, and
 # gradients are values returned by `jax.grad`.
 #
+# Inside each function, two comment lines (nbgrader's solution markers) enclose
+# what the course's assignment leaves for students to write: `jaxlin
+# assignment` makes the student notebook from this one.
+#
 # Two words we will use. JAX runs array operations on a **device**: the
 # processor that holds the arrays and does the arithmetic, here the CPU, on
 # other machines a GPU or TPU. The same code runs on any of them. And
@@ -85,11 +89,13 @@ def check_same(name, mine, library, atol=1e-6):
 # %%
 def synthetic_data(key, w, b, num_examples, noise=0.01):
     """X ~ N(0, 1) of shape (n, d) and y = X w + b + noise, of shape (n, 1)."""
+    ### BEGIN SOLUTION
     key_X, key_noise = jax.random.split(key)
     w = jnp.asarray(w).reshape(-1, 1)
     X = jax.random.normal(key_X, (num_examples, w.shape[0]))
     y = X @ w + b + noise * jax.random.normal(key_noise, (num_examples, 1))
     return X, y
+    ### END SOLUTION
 
 
 key = jax.random.key(0)
@@ -116,17 +122,21 @@ check_same("synthetic data", ((X_train, y_train), (X_val, y_val)), (data.train, 
 # list of indices with `random.shuffle` and yields slices of `batch_size`
 # examples. Ours does the same with a keyed shuffle: `jaxlin.shuffle.permutation(key,
 # n)` is a random order of `0 .. n-1` drawn from the key (like
-# `jax.random.permutation`, but cheaper for large `n`). The last batch is
-# smaller when the batch size does not divide `n`.
+# `jax.random.permutation`, but cheaper for large `n`). Without a key the
+# examples are read in order, as the lecture reads its validation set. The
+# last batch is smaller when the batch size does not divide `n`.
 
 
 # %%
-def data_iter(X, y, batch_size, key):
-    """Minibatches (X_batch, y_batch) of one epoch, in the random order drawn from key."""
-    order = jaxlin.shuffle.permutation(key, X.shape[0])
-    for start in range(0, X.shape[0], batch_size):
+def data_iter(X, y, batch_size, key=None):
+    """Minibatches (X_batch, y_batch) of one epoch: shuffled by key, in order without one."""
+    ### BEGIN SOLUTION
+    n = X.shape[0]
+    order = jnp.arange(n) if key is None else jaxlin.shuffle.permutation(key, n)
+    for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         yield X[idx], y[idx]
+    ### END SOLUTION
 
 
 batch_size = 32
@@ -170,7 +180,9 @@ check_same("one epoch of minibatches", ours, library)
 # %%
 def init_params(key, num_inputs, sigma=0.01):
     """w ~ N(0, sigma^2) of shape (d, 1), b = 0 of shape (1,)."""
+    ### BEGIN SOLUTION
     return {"w": sigma * jax.random.normal(key, (num_inputs, 1)), "b": jnp.zeros(1)}
+    ### END SOLUTION
 
 
 params = init_params(key_init, 2)
@@ -188,7 +200,9 @@ check_same("init_params", params, jaxlin.init_params(key_init, 2))
 # %%
 def linreg(params, X):
     """The linear model X @ w + b: (n, d) -> (n, 1)."""
+    ### BEGIN SOLUTION
     return X @ params["w"] + params["b"]
+    ### END SOLUTION
 
 
 y_hat = linreg(params, X)
@@ -209,12 +223,16 @@ check_same("linreg", y_hat, jaxlin.linreg(params, X))
 # %%
 def squared_loss(y_hat, y):
     """Mean over the batch of (y_hat - y)^2 / 2."""
+    ### BEGIN SOLUTION
     return jnp.mean((y_hat - y.reshape(y_hat.shape)) ** 2 / 2)
+    ### END SOLUTION
 
 
 def loss_fn(params, X, y):
     """The loss of the model's predictions on a batch, as a function of the params."""
+    ### BEGIN SOLUTION
     return squared_loss(linreg(params, X), y)
+    ### END SOLUTION
 
 
 print("loss:", loss_fn(params, X, y))
@@ -240,7 +258,9 @@ check_same("loss_fn", loss_fn(params, X, y), jaxlin.loss_fn(params, X, y))
 # %%
 def sgd(params, grads, lr):
     """One SGD update of every parameter: param - lr * grad."""
+    ### BEGIN SOLUTION
     return jax.tree.map(lambda p, g: p - lr * g, params, grads)
+    ### END SOLUTION
 
 
 grads = jax.grad(loss_fn)(params, X, y)
@@ -278,8 +298,10 @@ check_same("sgd", new_params, jaxlin.sgd(params, grads, 0.03))
 @jax.jit
 def train_step(params, X, y, lr):
     """One minibatch SGD step: (params, X, y, lr) -> (new params, loss before the step)."""
+    ### BEGIN SOLUTION
     loss, grads = jax.value_and_grad(loss_fn)(params, X, y)
     return sgd(params, grads, lr), loss
+    ### END SOLUTION
 
 
 params_1, loss_1 = train_step(params, X, y, 0.03)
@@ -292,16 +314,28 @@ check_same("train_step", train_step(params, X, y, 0.03), jaxlin.train_step(param
 # on the validation set. The number of epochs and the learning rate are
 # hyperparameters, here 3 and 0.03; setting them takes some trial and error.
 # (In general we would use three splits: training, validation to choose
-# hyperparameters, and a test set kept for the final evaluation.)
+# hyperparameters, and a test set kept for the final evaluation.) The loop is
+# a function of everything it uses, the shuffling key included, and returns
+# the trained parameters.
 
 # %%
+def train(params, train_data, val_data, lr, num_epochs, batch_size, key):
+    """The training loop: epoch e shuffled by fold_in(key, e); prints each validation loss."""
+    ### BEGIN SOLUTION
+    (X_train, y_train), (X_val, y_val) = train_data, val_data
+    for epoch in range(num_epochs):
+        for X, y in data_iter(X_train, y_train, batch_size, jax.random.fold_in(key, epoch)):
+            params, _ = train_step(params, X, y, lr)
+        print(f"epoch {epoch + 1}: val loss {float(loss_fn(params, X_val, y_val)):.4f}")
+    return params
+    ### END SOLUTION
+
+
 lr, num_epochs = 0.03, 3
-params = init_params(key_init, 2)
-for epoch in range(num_epochs):
-    for X, y in data_iter(X_train, y_train, batch_size, jax.random.fold_in(key_shuffle, epoch)):
-        params, loss = train_step(params, X, y, lr)
-    print(f"epoch {epoch + 1}: val loss {float(loss_fn(params, X_val, y_val)):.4f}")
-params_ours = params
+params_ours = train(
+    init_params(key_init, 2), (X_train, y_train), (X_val, y_val), lr, num_epochs, batch_size,
+    key_shuffle,
+)  # fmt: skip
 
 # %% [markdown]
 # That is the whole lecture. `jaxlin.fit` is this loop with its arguments

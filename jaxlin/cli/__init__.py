@@ -18,10 +18,12 @@ import signal
 import sys
 import threading
 
-from jaxlin.cli import generate, sweep, train
+from jaxlin.cli import assignment, generate, grade, sweep, train
 from jaxlin.command import Interrupt
 
-COMMANDS = {"train": train, "sweep": sweep, "generate": generate}
+COMMANDS = {
+    "train": train, "sweep": sweep, "generate": generate, "assignment": assignment, "grade": grade,
+}  # fmt: skip
 
 # Names users type for a flag that jaxlin spells otherwise (Python's, other tools').
 ALIASES = {
@@ -214,7 +216,7 @@ def _run(argv: list[str], interrupt: Interrupt) -> int:
 
     try:
         interrupt.check(f"interrupted before {args.command} started; nothing saved")
-        COMMANDS[args.command].run(args)
+        status = COMMANDS[args.command].run(args)  # an int is the exit status (grade)
         interrupt.check(f"interrupted as {args.command} finished; its output is complete")
     except KeyboardInterrupt as err:  # Ctrl-C: one line that says what was saved
         print(f"jaxlin: {printable(str(err) or f'interrupted; {interrupt.saved}')}",
@@ -232,7 +234,7 @@ def _run(argv: list[str], interrupt: Interrupt) -> int:
     except OSError as err:  # a file that could not be read or written while running
         print(f"jaxlin: error: {printable(io_message(err))}", file=sys.stderr)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 def io_message(err: OSError) -> str:

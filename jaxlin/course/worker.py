@@ -1,0 +1,102 @@
+"""The grading process: run one submission, grade what it defined, write the verdicts as JSON.
+
+``python -m jaxlin.course.worker SUBMISSION RESULT`` is started by
+``jaxlin.course.grade`` in a fresh process. The submission's cells run one by
+one (a cell that raises is noted and the next one runs, as in a notebook run
+with errors allowed); its prints are discarded; sockets and new processes are
+refused. Then each task is graded and the verdicts written to ``RESULT``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import warnings
+from dataclasses import asdict
+
+# Audit events that reach the network: refused while a submission runs, as are NO_PROCESSES.
+NO_NETWORK = ("socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto")
+# Audit events that start a process.
+NO_PROCESSES = ("subprocess.Popen", "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork")
+
+
+def _refuse(event: str, args) -> None:
+    """The audit hook: no network and no new processes for the submission."""
+    del args
+    if event in NO_NETWORK:
+        raise PermissionError("jaxlin grade runs a submission without network access")
+    if event in NO_PROCESSES:
+        raise PermissionError("jaxlin grade runs a submission without starting processes")
+
+
+def cells(path: str) -> list[str]:
+    """The code cells of a notebook (``.ipynb``) or of a ``.py`` file (``# %%`` cells)."""
+    if path.endswith(".ipynb"):
+        with open(path, encoding="utf-8") as file:
+            notebook = json.load(file)
+        sources = [
+            "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            for cell in notebook.get("cells", [])
+            if cell.get("cell_type") == "code"
+        ]
+        # IPython's magics and shell escapes are not Python: left out.
+        return [
+            "\n".join(
+                line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))
+            )
+            for source in sources
+        ]
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    parts, current, markdown = [], [], False
+    for line in text.splitlines():
+        if line.startswith("# %%"):
+            if current and not markdown:
+                parts.append("\n".join(current))
+            current, markdown = [], "[markdown]" in line
+            continue
+        current.append(line)
+    if current and not markdown:
+        parts.append("\n".join(current))
+    return parts
+
+
+def run(path: str) -> tuple[dict, list[str]]:
+    """Execute the submission's cells in a namespace of their own: ``(namespace, notes)``."""
+    namespace = {"__name__": "__submission__", "__file__": path}
+    notes = []
+    for index, source in enumerate(cells(path), start=1):
+        try:
+            code = compile(source, f"<cell {index}>", "exec")
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                exec(code, namespace)
+        except Exception as err:
+            line = str(err).strip().splitlines()
+            notes.append(
+                f"cell {index} raised {type(err).__name__}" + (f": {line[0][:160]}" if line else "")
+            )
+    return namespace, notes
+
+
+def main(argv: list[str]) -> int:
+    """Run and grade ``argv[0]``; write ``{"verdicts": [...], "notes": [...]}`` to ``argv[1]``."""
+    submission, result = argv
+    os.environ["MPLBACKEND"] = "agg"
+    import jax  # noqa: F401  (before the hook: the backend may read its configuration)
+
+    from jaxlin.course import checks, reference  # noqa: F401  (the references, before the submission)
+
+    sys.addaudithook(_refuse)
+    namespace, notes = run(submission)
+    verdicts = checks.grade_namespace(namespace)
+    with open(result, "w", encoding="utf-8") as file:
+        json.dump({"verdicts": [asdict(v) for v in verdicts], "notes": notes}, file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
