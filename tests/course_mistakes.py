@@ -1,9 +1,11 @@
 """Mistakes students make in the lecture's assignment, each a small wrong solution.
 
 ``MISTAKES`` maps a name to ``(the function, the task it solves, the check
-that must fail, words its hint must hold)``. ``test_course.py`` grades each in
-place of jaxlin's reference and asserts that exactly that check fails, with
-that hint, and that no check of another task fails.
+that must fail, words its verdict or hint must hold)``. ``test_course.py``
+grades each in place of the lecture's solution and asserts that exactly that
+check fails, with those words, and that no check of another task fails.
+``CORRECT`` holds right solutions written otherwise than the lecture's: each
+must get full marks.
 """
 
 import random
@@ -30,7 +32,10 @@ def global_rng(key, w, b, num_examples, noise=0.01):
 
 
 def fixed_key(key, w, b, num_examples, noise=0.01):
-    return jaxlin.course.reference.synthetic_data(jax.random.key(0), w, b, num_examples, noise)
+    key_X, key_noise = jax.random.split(jax.random.key(0))  # not the key it was given
+    w = jnp.asarray(w).reshape(-1, 1)
+    X = jax.random.normal(key_X, (num_examples, w.shape[0]))
+    return X, X @ w + b + noise * jax.random.normal(key_noise, (num_examples, 1))
 
 
 def no_bias_data(key, w, b, num_examples, noise=0.01):
@@ -171,4 +176,68 @@ MISTAKES = {
     "Python if on a traced value": (python_if, "train_step", "jit", "jnp.where"),
     "same shuffle every epoch": (same_shuffle_every_epoch, "train", "equals fit", "fold_in"),
     "an epoch short": (one_epoch_short, "train", "equals fit", "range(num_epochs)"),
+}
+
+
+# ---------------------------------------------------------------- right, written otherwise
+
+
+def synthetic_data_dot(key, w, b, num_examples, noise=0.01):
+    key_X, key_noise = jax.random.split(key)
+    w = jnp.asarray(w)
+    X = jax.random.normal(key_X, (num_examples, w.size))
+    eps = jax.random.normal(key_noise, (num_examples,)).reshape(-1, 1)
+    return X, (jnp.dot(X, w) + b).reshape(-1, 1) + noise * eps
+
+
+def data_iter_while(X, y, batch_size, key=None):
+    n = len(X)
+    order = np.arange(n) if key is None else np.asarray(jaxlin.shuffle.permutation(key, n))
+    start = 0
+    while start < n:
+        idx = order[start : min(start + batch_size, n)]
+        yield X[idx], y[idx]
+        start += batch_size
+
+
+def init_params_after(key, num_inputs, sigma=0.01):
+    w = jax.random.normal(key, (num_inputs, 1))
+    return {"b": jnp.zeros((1,)), "w": w * sigma}
+
+
+def linreg_einsum(params, X):
+    return jnp.einsum("nd,do->no", X, params["w"]) + params["b"]
+
+
+def squared_loss_method(y_hat, y):
+    return ((y_hat - jnp.reshape(y, y_hat.shape)) ** 2).mean() / 2
+
+
+def sgd_comprehension(params, grads, lr):
+    return {name: params[name] - lr * grads[name] for name in params}
+
+
+def step_through_a_lambda(params, X, y, lr):
+    loss, grads = jax.value_and_grad(lambda p: loss_fn(p, X, y))(params)  # noqa: F821
+    return sgd(params, grads, lr), loss  # noqa: F821
+
+
+def train_keys_first(params, train_data, val_data, lr, num_epochs, batch_size, key):
+    keys = [jax.random.fold_in(key, epoch) for epoch in range(num_epochs)]
+    for epoch_key in keys:
+        for X, y in data_iter(train_data[0], train_data[1], batch_size, epoch_key):  # noqa: F821
+            params = train_step(params, X, y, lr)[0]  # noqa: F821
+        print("val loss", loss_fn(params, *val_data))  # noqa: F821
+    return params
+
+
+CORRECT = {
+    "jnp.dot, a flat noise reshaped": (synthetic_data_dot, "synthetic_data"),
+    "a while loop over numpy indices": (data_iter_while, "data_iter"),
+    "sigma applied after the draw": (init_params_after, "init_params"),
+    "einsum": (linreg_einsum, "linreg"),
+    "array methods": (squared_loss_method, "squared_loss"),
+    "a dict comprehension": (sgd_comprehension, "sgd"),
+    "the loss in a lambda": (step_through_a_lambda, "train_step"),
+    "the epoch keys first": (train_keys_first, "train"),
 }

@@ -11,10 +11,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from course_mistakes import MISTAKES
+from course_mistakes import CORRECT, MISTAKES
 
 import jaxlin
-from jaxlin.course import assignment, reference
+from jaxlin.course import assignment
 from jaxlin.course.checks import CHECKS, TASKS, grade_namespace, score
 from jaxlin.course.grade import grade
 from jaxlin.course.stub import NotWrittenWarning
@@ -35,6 +35,12 @@ def lecture_functions(transform=lambda source: source) -> dict:
 @pytest.fixture(scope="module")
 def solutions():
     return lecture_functions()
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """One compilation cache for every grading process of the session, as on a grader's machine."""
+    return tmp_path_factory.mktemp("grade-cache")
 
 
 def failures(verdicts):
@@ -111,9 +117,9 @@ def test_unbalanced_markers_are_refused(source, message):
         assignment.strip(source)
 
 
-def test_the_reference_gets_full_marks_in_a_fresh_process(tmp_path):
+def test_the_reference_gets_full_marks_in_a_fresh_process(tmp_path, cache):
     result = subprocess.run(
-        [sys.executable, "-m", "jaxlin", "grade", str(LECTURE)],
+        [sys.executable, "-m", "jaxlin", "grade", "--cache-dir", cache, str(LECTURE)],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )  # fmt: skip
     total = sum(len(c) for c in CHECKS.values())
@@ -127,14 +133,17 @@ def submission(tmp_path, text, name="work.py"):
     return path
 
 
-def test_a_mistake_in_a_file_fails_with_its_hint_and_exit_1(tmp_path, solutions):
+@pytest.mark.slow
+def test_a_mistake_in_a_file_fails_with_its_hint_and_exit_1(tmp_path, solutions, cache):
     text = LECTURE.read_text().replace(
         "return jnp.mean((y_hat - y.reshape(y_hat.shape)) ** 2 / 2)",
         "return jnp.sum((y_hat - y.reshape(y_hat.shape)) ** 2 / 2)",
     )
     path = submission(tmp_path, text)
     result = subprocess.run(
-        [sys.executable, "-m", "jaxlin", "grade", str(path)], capture_output=True, text=True
+        [sys.executable, "-m", "jaxlin", "grade", "--cache-dir", cache, str(path)],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "squared_loss    equals jaxlin        FAIL" in result.stdout
@@ -142,6 +151,7 @@ def test_a_mistake_in_a_file_fails_with_its_hint_and_exit_1(tmp_path, solutions)
     assert "note: cell" in result.stdout  # the lecture's own check of it stopped a cell
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "text, words",
     [
@@ -149,27 +159,96 @@ def test_a_mistake_in_a_file_fails_with_its_hint_and_exit_1(tmp_path, solutions)
         ("import subprocess\nsubprocess.run(['true'])\n", "without starting processes"),
     ],
 )
-def test_a_submission_has_no_network_and_no_processes(tmp_path, text, words):
-    report = grade(submission(tmp_path, text), timeout=300)
+def test_a_submission_has_no_network_and_no_processes(tmp_path, text, words, cache):
+    report = grade(submission(tmp_path, text), timeout=300, cache_dir=cache)
     assert report.notes and words in report.notes[0]
     assert {v.status for v in report.verdicts} == {"missing", "skip"}
 
 
-def test_a_submission_is_stopped_at_the_time_limit(tmp_path):
-    report = grade(submission(tmp_path, "while True:\n    pass\n"), timeout=20)
-    assert "time limit of 20 s" in report.error and not report.passed
+@pytest.mark.slow
+def test_a_submission_has_a_memory_limit(tmp_path, cache):
+    text = "import numpy as np\nX = np.ones((1 << 31,))\n# %%\nOK = 1\n"
+    report = grade(submission(tmp_path, text), timeout=300, cache_dir=cache, memory_gib=1)
+    assert not report.error and len(report.notes) == 1
+    assert report.notes[0].startswith("cell 1 raised MemoryError")
 
 
-def test_a_submission_that_ends_its_process_is_reported(tmp_path):
-    report = grade(submission(tmp_path, "import os\nos._exit(3)\n"), timeout=300)
+@pytest.mark.slow
+def test_a_submission_is_stopped_at_the_time_limit(tmp_path, cache):
+    sleeper = submission(tmp_path, "import time\ntime.sleep(1000)\n")
+    report = grade(sleeper, timeout=8, cache_dir=cache)
+    assert "time limit of 8 s" in report.error and not report.passed
+    assert score(report.verdicts) == (0, sum(len(c) for c in CHECKS.values()))
+
+
+@pytest.mark.slow
+def test_a_submission_that_ends_its_process_is_reported(tmp_path, cache):
+    report = grade(submission(tmp_path, "import os\nos._exit(3)\n"), timeout=300, cache_dir=cache)
     assert "exit status 3" in report.error and not report.passed
 
 
-def test_a_submission_cannot_reach_the_grader_state(tmp_path):
-    text = "import jaxlin.course.reference as r\nr.squared_loss = None\nMARK = 1\n"
-    grade(submission(tmp_path, text), timeout=300)
-    assert reference.squared_loss is not None and "MARK" not in globals()
-    assert "jaxlin.course.worker" not in sys.modules
+@pytest.mark.slow
+def test_a_submission_that_raises_systemexit_is_graded_on(tmp_path, cache):
+    text = "raise SystemExit(0)\n# %%\ndef linreg(params, X):\n    return X @ params['w']\n"
+    report = grade(submission(tmp_path, text), timeout=300, cache_dir=cache)
+    assert not report.error and report.notes == ["cell 1 raised SystemExit: 0"]
+    linreg = [v for v in report.verdicts if v.task == "linreg"]
+    assert [v.status for v in linreg] == ["pass", "fail", "skip", "skip"]
+
+
+@pytest.mark.slow
+def test_each_submission_runs_in_its_own_process_and_empty_folder(tmp_path, cache):
+    first = submission(tmp_path, "import os\nopen('left.txt', 'w').write('x')\n", "a.py")
+    second = submission(
+        tmp_path, "import os\nassert os.listdir('.') == [], os.listdir('.')\n", "b.py"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxlin", "grade", "--cache-dir", cache, str(first), str(second)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1  # nothing written: every check fails
+    assert "note:" not in result.stdout, result.stdout  # b.py saw an empty folder
+    assert result.stdout.count("score: 0/") == 2
+
+
+def test_a_function_that_never_returns_fails_its_check_alone(solutions):
+    def data_iter(X, y, batch_size, key=None):
+        start = 0
+        while start < X.shape[0]:  # start never moves on
+            pass
+        yield X, y
+
+    from jaxlin.course.checks import grade_task
+
+    verdicts = grade_task(solutions | {"data_iter": data_iter}, "data_iter", check_timeout=2)
+    assert verdicts[0].status == "fail" and "time limit of 2 s" in verdicts[0].message
+    assert "start += batch_size" in verdicts[0].hint
+
+
+def test_a_generator_that_never_ends_is_cut_at_one_epoch(solutions):
+    def data_iter(X, y, batch_size, key=None):
+        while True:
+            yield X[:batch_size], y[:batch_size]
+
+    failed = failures(grade_namespace(solutions | {"data_iter": data_iter}))
+    assert [(v.task, v.check) for v in failed] == [("data_iter", "pure")]
+    assert "more than the" in failed[0].message
+
+
+def test_jaxlin_functions_handed_in_as_ones_own_fail(solutions):
+    def linreg(params, X):
+        return jaxlin.linreg(params, X)
+
+    for fn, words in ((jaxlin.linreg, "jaxlin's own function"), (linreg, "calls jaxlin's")):
+        failed = failures(grade_namespace(solutions | {"linreg": fn}))
+        assert [(v.task, v.check) for v in failed] == [("linreg", "pure")]
+        assert words in failed[0].message
+
+
+@pytest.mark.parametrize("variant", list(CORRECT))
+def test_a_correct_solution_written_otherwise_gets_full_marks(solutions, variant):
+    fn, task = CORRECT[variant]
+    assert failures(grade_namespace(solutions | {task: fn})) == []
 
 
 @pytest.mark.parametrize(
@@ -213,13 +292,14 @@ def test_the_student_notebook_runs_top_to_bottom(tmp_path):
 
 
 @pytest.mark.slow
-def test_nbgrader_autograde_runs_the_same_checks(tmp_path):
+def test_nbgrader_autograde_runs_the_same_checks(tmp_path, cache):
     nbgrader = Path(sys.executable).with_name("nbgrader")
     if not nbgrader.exists():
         pytest.fail("nbgrader is part of the test install: pip install -e '.[test]'")
     paths = assignment.write(LECTURE, tmp_path)
     course = paths["nbgrader_config"].parent
-    env = dict(os.environ, PATH=f"{nbgrader.parent}{os.pathsep}{os.environ['PATH']}")
+    path = f"{nbgrader.parent}{os.pathsep}{os.environ['PATH']}"
+    env = dict(os.environ, PATH=path, JAXLIN_GRADE_CACHE=str(cache))
     run = lambda *args: subprocess.run(  # noqa: E731
         [str(nbgrader), *args], cwd=course, env=env, capture_output=True, text=True, timeout=600
     )
@@ -230,9 +310,17 @@ def test_nbgrader_autograde_runs_the_same_checks(tmp_path):
     assert [c for c in code(release) if c.strip() and "jaxlin's checks of" not in c] == code(
         student
     )
+    mistake = json.loads(paths["nbgrader_source"].read_text())
+    for cell in mistake["cells"]:  # the sum for the mean: 1 of squared_loss's 4 checks passes
+        cell["source"] = "".join(cell["source"]).replace(
+            "return jnp.mean((y_hat - y.reshape(y_hat.shape)) ** 2 / 2)",
+            "return jnp.sum((y_hat - y.reshape(y_hat.shape)) ** 2 / 2)",
+        )
+    (tmp_path / "mistake.ipynb").write_text(json.dumps(mistake))
     for name, notebook in (
         ("ref", paths["nbgrader_source"]),
         ("stub", course / "release" / "lecture" / "lecture.ipynb"),
+        ("mistake", tmp_path / "mistake.ipynb"),
     ):
         folder = course / "submitted" / name / "lecture"
         folder.mkdir(parents=True)
@@ -247,3 +335,4 @@ def test_nbgrader_autograde_runs_the_same_checks(tmp_path):
     score_of = lambda name: float(grades[name][header.index("score")])  # noqa: E731
     assert float(grades["ref"][header.index("max_score")]) == total
     assert score_of("ref") == total and score_of("stub") == 0
+    assert score_of("mistake") == total - 3  # the same points as jaxlin grade

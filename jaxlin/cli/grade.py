@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxlin.cli.common import path_flag
+from jaxlin.cli.common import DEFAULT_CACHE, path_flag
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,18 @@ def add_parser(sub) -> None:
     )
     g.add_argument("submission", nargs="+", type=path_flag, help=".ipynb or .py files")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds per submission")
+    g.add_argument(
+        "--check-timeout", type=float, default=120.0, help="seconds per check of one function"
+    )
+    g.add_argument("--memory", type=float, default=4.0, help="GiB of memory per submission")
+    g.add_argument(
+        "--cache-dir",
+        type=path_flag,
+        default=DEFAULT_CACHE.parent / "grade",
+        help="JAX's compilation cache for the checks: the second grading on a machine loads "
+        "the programs the first compiled",
+    )
+    g.add_argument("--no-cache", action="store_true", help="compile every check every time")
 
 
 def run(args) -> int:
@@ -29,11 +41,23 @@ def run(args) -> int:
 
     for path in args.submission:
         check_submission(path)  # every path checked before any is run
-    if not args.timeout > 0:
-        raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    for flag, value, unit in (
+        ("--timeout", args.timeout, "seconds"),
+        ("--check-timeout", args.check_timeout, "seconds"),
+        ("--memory", args.memory, "GiB"),
+    ):
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0 {unit}, got {value:g}")
     status = 0
     for path in args.submission:
-        report = grade(path, timeout=args.timeout, stop=_stop(args, path))
+        report = grade(
+            path,
+            args.timeout,
+            args.check_timeout,
+            args.memory,
+            cache_dir=None if args.no_cache else args.cache_dir,
+            stop=_stop(args, path),
+        )
         print(report.text(), flush=True)
         status = status or (0 if report.passed else 1)
     return status

@@ -19,16 +19,25 @@ from jaxlin.course.stub import NotWritten, not_written
 __all__ = ["NotWritten", "check", "not_written"]
 
 
-def check(namespace: dict, task: str) -> None:
-    """Grade one task of ``namespace`` (a notebook's ``globals()``); raise if a check fails.
+def check(namespace: dict, task: str) -> int:
+    """Grade one task of ``namespace`` (a notebook's ``globals()``): print it, return the points.
 
     This is the autograded cell of nbgrader's source notebook: it prints the
-    task's verdicts, and an ``AssertionError`` gives the cell no points.
+    task's verdicts and returns the number of checks passed, which nbgrader
+    takes as the cell's partial credit (one point per check). Warnings are
+    kept off stderr, where nbgrader would read any output as a failure. With
+    ``JAXLIN_GRADE_CACHE`` set, the checks' programs are compiled once for all
+    submissions (JAX's persistent compilation cache in that folder).
     """
-    from jaxlin.course.checks import grade_task, table
+    import contextlib
+    import sys
+    import warnings
 
-    verdicts = grade_task(namespace, task)
+    from jaxlin.course.checks import grade_task, score, table, use_cache
+
+    use_cache()
+    with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
+        warnings.simplefilter("ignore")
+        verdicts = grade_task(namespace, task)
     print(table(verdicts))
-    failed = [v for v in verdicts if v.status != "pass"]
-    if failed:
-        raise AssertionError(f"{task}: {failed[0].status}: {failed[0].message}")
+    return score(verdicts)[0]

@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
+import os
+import signal
+import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +32,8 @@ import numpy as np
 from jaxlin.course import reference
 from jaxlin.course.stub import NotWritten, grading
 
-__all__ = ["CHECKS", "TASKS", "Failed", "Verdict", "grade_namespace", "grade_task", "isolated",
-           "score", "table"]  # fmt: skip
+__all__ = ["CACHE_VARIABLE", "CHECKS", "TASKS", "CheckTimeout", "Failed", "Verdict",
+           "grade_namespace", "grade_task", "isolated", "score", "table", "use_cache"]  # fmt: skip
 
 # The functions a student writes, in the notebook's order.
 TASKS = reference.TASKS
@@ -171,18 +175,19 @@ def _hypothesis(strategy, examples: int = 10):
     return wrap
 
 
-def _jit_failure(err: Exception) -> Failed | None:
+def _traced_failure(err: BaseException, check: str) -> Failed | None:
     """A Python branch or conversion on a traced value, worded for the student."""
     names = {"TracerBoolConversionError", "ConcretizationTypeError",
              "TracerIntegerConversionError", "TracerArrayConversionError"}  # fmt: skip
-    if type(err).__name__ in names:
-        return Failed(
-            f"does not run under jax.jit ({type(err).__name__})",
-            "under jit the arguments are traced values without a value yet: a Python `if`, "
-            "float() or np.asarray on them fails; use jnp.where or jax.lax.cond, or leave "
-            "the test out",
-        )
-    return None
+    if type(err).__name__ not in names:
+        return None
+    where = {"jit": "jax.jit", "grad": "jax.grad"}.get(check, "jax.vmap" if "vmap" in check else "")
+    return Failed(
+        f"does not run under {where or 'a JAX transformation'} ({type(err).__name__})",
+        "traced arguments have no value yet: a Python `if`, float(), np.asarray or a numpy "
+        "function on them fails; use jnp functions, jnp.where or jax.lax.cond, or leave "
+        "the test out",
+    )
 
 
 # ---------------------------------------------------------------- synthetic_data
@@ -273,12 +278,9 @@ def synthetic_data_equal(fn):
 def synthetic_data_jit(fn):
     key, w = jax.random.key(3), jnp.array([2.0, -3.4])
     eager = fn(key, w, 4.2, 20, 0.01)
-    try:
-        jitted = jax.jit(fn, static_argnums=3)(key, w, 4.2, 20, 0.01)
-    except Exception as err:
-        raise _jit_failure(err) or _raised(err) from None
+    jitted = jax.jit(fn, static_argnums=(2, 3, 4))(key, w, 4.2, 20, 0.01)
     if not _same_tree(eager, jitted):
-        raise Failed("under jax.jit (num_examples static) it gives other numbers", "")
+        raise Failed("under jax.jit (b, num_examples, noise static) it gives other numbers", "")
 
 
 def synthetic_data_vmap(fn):
@@ -300,7 +302,16 @@ def _epoch(fn, n, batch_size, key):
     """Rows ``[2i, 2i+1]`` with label ``i``: the batches, as (labels per batch, X per batch)."""
     X = np.arange(2 * n, dtype=np.float32).reshape(n, 2)
     y = np.arange(n, dtype=np.float32).reshape(n, 1)
-    batches = [(np.asarray(a), np.asarray(b)) for a, b in fn(X, y, batch_size, key)]
+    most = -(-n // batch_size)  # one epoch's batches
+    batches = [
+        (np.asarray(a), np.asarray(b))
+        for a, b in itertools.islice(fn(X, y, batch_size, key), most + 1)
+    ]
+    if len(batches) > most:
+        raise Failed(
+            f"n={n}, batch_size={batch_size}: more than the {most} batches of one epoch",
+            "stop after the last example: for start in range(0, n, batch_size)",
+        )
     for Xb, yb in batches:
         paired = Xb.ndim == 2 and yb.shape == (Xb.shape[0], 1)
         if not (paired and np.array_equal(Xb[:, 0], 2 * yb[:, 0])):
@@ -434,12 +445,9 @@ def init_params_equal(fn):
 
 def init_params_jit(fn):
     key = jax.random.key(5)
-    try:
-        jitted = jax.jit(fn, static_argnums=1)(key, 3, 0.5)
-    except Exception as err:
-        raise _jit_failure(err) or _raised(err) from None
+    jitted = jax.jit(fn, static_argnums=(1, 2))(key, 3, 0.5)
     if not _same_tree(jitted, fn(key, 3, 0.5)):
-        raise Failed("under jax.jit (num_inputs static) it gives other params", "")
+        raise Failed("under jax.jit (num_inputs, sigma static) it gives other params", "")
 
 
 def init_params_vmap(fn):
@@ -482,10 +490,7 @@ def linreg_equal(fn):
 def linreg_jit(fn):
     rng = np.random.default_rng(1)
     params, (X, _) = _params(rng, 2), _batch(rng, 6, 2)
-    try:
-        jitted = jax.jit(fn)(params, X)
-    except Exception as err:
-        raise _jit_failure(err) or _raised(err) from None
+    jitted = jax.jit(fn)(params, X)
     if not _close(jitted, fn(params, X)):
         raise Failed("under jax.jit it gives other predictions", "")
 
@@ -555,10 +560,7 @@ def squared_loss_equal(fn):
 
 def squared_loss_jit(fn):
     y_hat, y = _batch(np.random.default_rng(4), 8, 1)
-    try:
-        jitted = jax.jit(fn)(y_hat, y)
-    except Exception as err:
-        raise _jit_failure(err) or _raised(err) from None
+    jitted = jax.jit(fn)(y_hat, y)
     if not _close(jitted, fn(y_hat, y)):
         raise Failed("under jax.jit it gives another loss", "")
 
@@ -625,10 +627,7 @@ def loss_fn_vmap(fn):
 def loss_fn_jit(fn):
     rng = np.random.default_rng(9)
     params, (X, y) = _params(rng, 2), _batch(rng, 6, 2)
-    try:
-        jitted = jax.jit(fn)(params, X, y)
-    except Exception as err:
-        raise _jit_failure(err) or _raised(err) from None
+    jitted = jax.jit(fn)(params, X, y)
     if not _close(jitted, fn(params, X, y)):
         raise Failed("under jax.jit it gives another loss", "")
 
@@ -680,10 +679,7 @@ def _update_diagnose(params, grads, lr, got) -> Failed:
 def sgd_jit(fn):
     rng = np.random.default_rng(11)
     params, grads = _params(rng, 2), _params(rng, 2)
-    try:
-        jitted = jax.jit(fn)(params, grads, 0.1)
-    except Exception as err:
-        raise _jit_failure(err) or _raised(err) from None
+    jitted = jax.jit(fn)(params, grads, 0.1)
     if not _same_tree(jitted, fn(params, grads, 0.1)):
         raise Failed("under jax.jit it gives other params", "")
 
@@ -717,10 +713,7 @@ def train_step_jit(fn):
     fn = _python(fn)
     rng = np.random.default_rng(14)
     params, (X, y) = _params(rng, 2), _batch(rng, 8, 2)
-    try:
-        jitted = jax.jit(fn)(params, X, y, 0.1)
-    except Exception as err:
-        raise _jit_failure(err) or _raised(err) from None
+    jitted = jax.jit(fn)(params, X, y, 0.1)
     if not _same_tree(jitted, fn(params, X, y, 0.1)):
         raise Failed("under jax.jit it gives another step", "")
 
@@ -742,6 +735,8 @@ def train_step_equal(fn):
         if not (isinstance(got, tuple | list) and len(got) == 2):
             raise Failed("does not return a pair", "return (new params, loss)")
         new, loss = got
+        if np.ndim(new) == 0 and isinstance(loss, dict):
+            raise Failed("returns (loss, params): the pair is swapped", "return (new params, loss)")
         want_params, want_loss = reference.train_step(params, X, y, lr)
         if not _same_tree(new, want_params):
             grads = jax.grad(reference.loss_fn)(params, X, y)
@@ -793,12 +788,18 @@ def train_pure(fn):
     params, train, val, key = _problem(64, 2, 1)
     params = _copy(params)
     before = _copy(params)
-    first = _quiet(fn, params, train, val, 0.03, 1, 16, key)
+    first = _quiet(fn, params, train, val, 0.05, 2, 16, key)
     _unchanged("params", before, params)
-    if not _exact_tree(first, _quiet(fn, _copy(before), train, val, 0.03, 1, 16, key)):
+    if not _exact_tree(first, _quiet(fn, _copy(before), train, val, 0.05, 2, 16, key)):
         raise Failed(
             "the same key gave different params",
             "shuffle only with keys derived from the key argument",
+        )
+    other = jax.random.fold_in(key, 1)
+    if _exact_tree(first, _quiet(fn, _copy(before), train, val, 0.05, 2, 16, other)):
+        raise Failed(
+            "two different keys gave the same params",
+            "shuffle with the key argument (fold_in(key, epoch)), not a key from elsewhere",
         )
 
 
@@ -827,12 +828,13 @@ def _train_diagnose(fn_result, params, train, val, lr, epochs, batch_size, key) 
 
 
 def train_equal(fn):
-    for num_train, d, epochs, batch_size in ((1000, 2, 3, 32), (100, 3, 2, 32)):
-        params, train, val, key = _problem(num_train, d, 0)
-        got = _quiet(fn, params, train, val, 0.03, epochs, batch_size, key)
-        want = reference.train(params, train, val, 0.03, epochs, batch_size, key)
+    # The lecture's problem with settings and keys of its own, then one whose last batch is short.
+    for num_train, d, lr, epochs, batch_size in ((1000, 2, 0.05, 3, 25), (100, 3, 0.03, 2, 32)):
+        params, train, val, key = _problem(num_train, d, 3)
+        got = _quiet(fn, params, train, val, lr, epochs, batch_size, key)
+        want = reference.train(params, train, val, lr, epochs, batch_size, key)
         if not _same_tree(got, want, rtol=1e-4, atol=1e-5):
-            raise _train_diagnose(got, params, train, val, 0.03, epochs, batch_size, key)
+            raise _train_diagnose(got, params, train, val, lr, epochs, batch_size, key)
 
 
 def train_converges(fn):
@@ -904,19 +906,30 @@ CHECKS: dict[str, tuple[tuple[str, Callable], ...]] = {
     ),
     "train": (
         ("pure", train_pure),
-        ("equals fit", train_equal),
         ("converges", train_converges),
+        ("equals fit", train_equal),
     ),
 }
 
 
 def _raised(err: BaseException) -> Failed:
-    """An unexpected exception from the student's code, as one line."""
+    """An unexpected exception from the student's code, as one line (with hypothesis's input)."""
     text = str(err).strip().splitlines()
+    example = [n for n in getattr(err, "__notes__", []) if n.startswith("Falsifying example")]
+    where = f" (on {example[0].partition(':')[2].strip()[:120]})" if example else ""
     return Failed(
-        f"raised {type(err).__name__}" + (f": {text[0][:160]}" if text else ""),
-        "run the function on the notebook's inputs and read the traceback",
+        f"raised {type(err).__name__}" + (f": {text[0][:160]}" if text else "") + where,
+        "run the function on those inputs in the notebook and read the traceback",
     )
+
+
+def _names(code: types.CodeType) -> set[str]:
+    """The global names a function's code reads, its nested functions' and lambdas' included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
 
 
 def isolated(fn, task: str):
@@ -924,7 +937,7 @@ def isolated(fn, task: str):
     inner = _python(fn)
     if not isinstance(inner, types.FunctionType):
         return fn
-    names = set(inner.__code__.co_names) & (set(TASKS) - {task})
+    names = _names(inner.__code__) & (set(TASKS) - {task})
     if not names:
         return fn
     scope = dict(inner.__globals__)
@@ -936,13 +949,57 @@ def isolated(fn, task: str):
     return copy
 
 
-def grade_task(namespace: dict, task: str) -> list[Verdict]:
-    """The verdicts of one task's checks on ``namespace[task]``, in order."""
+class CheckTimeout(Exception):
+    """A check ran past its time limit (an endless loop in the student's function)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise ``CheckTimeout`` in the main thread after ``seconds`` (no limit: ``None``)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CheckTimeout(f"ran past the time limit of {seconds:g} s for one check")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _copied(fn, task: str) -> str:
+    """Why ``fn`` is jaxlin's own function rather than the student's ('' if it is theirs)."""
+    inner = _python(fn)
+    module = getattr(inner, "__module__", "") or ""
+    if module == "jaxlin" or module.startswith("jaxlin."):
+        return f"{task} is jaxlin's own function ({module}), not one written in the submission"
+    code = getattr(inner, "__code__", None)
+    if code is not None and "jaxlin" in _names(code) and task in _names(code):
+        return f"{task} calls jaxlin's {task}: the assignment is to write it"
+    return ""
+
+
+def grade_task(namespace: dict, task: str, check_timeout: float | None = None) -> list[Verdict]:
+    """The verdicts of one task's checks on ``namespace[task]``, in order.
+
+    ``check_timeout``: seconds for each check (in the main thread), after which
+    it fails as an endless loop; ``None``, no limit.
+    """
     checks = CHECKS[task]
     fn = namespace.get(task)
     if not callable(fn):
         return [Verdict(task, checks[0][0], "missing", f"no function {task} defined")] + [
             Verdict(task, name, "skip", "") for name, _ in checks[1:]
+        ]
+    copied = _copied(fn, task)
+    if copied:
+        return [Verdict(task, checks[0][0], "fail", copied, "write the function's body")] + [
+            Verdict(task, name, "skip", f"after '{checks[0][0]}'") for name, _ in checks[1:]
         ]
     fn = isolated(fn, task)
     verdicts, failed = [], None
@@ -951,11 +1008,14 @@ def grade_task(namespace: dict, task: str) -> list[Verdict]:
             verdicts.append(Verdict(task, name, "skip", f"after '{failed}'"))
             continue
         try:
-            # The lecture broadcasts (n, 1) + (1,): allowed here whatever the caller's setting.
+            # The lecture broadcasts (n, 1) + (1,), whatever the caller's setting; matrix
+            # products at full float32 precision on every device (a GPU's default is coarser).
             with (
                 grading(),
                 jax.numpy_rank_promotion("allow"),
+                jax.default_matmul_precision("highest"),
                 contextlib.redirect_stdout(io.StringIO()),
+                _time_limit(check_timeout),
             ):
                 check(fn)
         except NotWritten as err:
@@ -964,8 +1024,11 @@ def grade_task(namespace: dict, task: str) -> list[Verdict]:
             continue
         except Failed as err:
             verdicts.append(Verdict(task, name, "fail", err.message, err.hint))
-        except Exception as err:
-            fail = _jit_failure(err) or _raised(err)
+        except CheckTimeout as err:
+            hint = "a loop that never ends: check that each pass moves on (start += batch_size)"
+            verdicts.append(Verdict(task, name, "fail", str(err), hint))
+        except BaseException as err:  # SystemExit, KeyboardInterrupt from the student's code too
+            fail = _traced_failure(err, name) or _raised(err)
             verdicts.append(Verdict(task, name, "fail", fail.message, fail.hint))
         else:
             verdicts.append(Verdict(task, name, "pass"))
@@ -974,9 +1037,29 @@ def grade_task(namespace: dict, task: str) -> list[Verdict]:
     return verdicts
 
 
-def grade_namespace(namespace: dict) -> list[Verdict]:
+# The environment variable naming the folder of JAX's compilation cache for the checks.
+CACHE_VARIABLE = "JAXLIN_GRADE_CACHE"
+
+
+def use_cache() -> None:
+    """Use JAX's persistent compilation cache in ``$JAXLIN_GRADE_CACHE``, if it is set.
+
+    The checks compile the same programs for every submission (hypothesis
+    draws the same inputs each time), so the second grading on a machine
+    loads them instead of compiling: about three times faster.
+    """
+    folder = os.environ.get(CACHE_VARIABLE)
+    if not folder:
+        return
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def grade_namespace(namespace: dict, check_timeout: float | None = None) -> list[Verdict]:
     """Every task's verdicts: what ``jaxlin grade`` reports for one submission."""
-    return [verdict for task in TASKS for verdict in grade_task(namespace, task)]
+    return [verdict for task in TASKS for verdict in grade_task(namespace, task, check_timeout)]
 
 
 def score(verdicts: list[Verdict]) -> tuple[int, int]:

@@ -1,10 +1,15 @@
 """The grading process: run one submission, grade what it defined, write the verdicts as JSON.
 
-``python -m jaxlin.course.worker SUBMISSION RESULT`` is started by
-``jaxlin.course.grade`` in a fresh process. The submission's cells run one by
-one (a cell that raises is noted and the next one runs, as in a notebook run
-with errors allowed); its prints are discarded; sockets and new processes are
-refused. Then each task is graded and the verdicts written to ``RESULT``.
+``python -m jaxlin.course.worker SUBMISSION CHECK_TIMEOUT MEMORY_BYTES`` is started by
+``jaxlin.course.grade`` in a fresh process, and reads the path of its result
+file from stdin before the submission runs. The submission's cells run one
+by one (a cell that raises is noted and the next one runs, as in a notebook
+run with errors allowed); its prints are discarded; sockets and new processes
+are refused; its memory (the data segment: heap and anonymous maps) is
+capped, so an array too large fails with ``MemoryError`` rather than taking
+the machine. Then each task is graded, and its verdicts are written to the
+result file as one JSON line as soon as they are known, so a process that is
+stopped later still reports the tasks it finished.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def run(path: str) -> tuple[dict, list[str]]:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 exec(code, namespace)
-        except Exception as err:
+        except BaseException as err:  # SystemExit too: a submission does not end the grading
             line = str(err).strip().splitlines()
             notes.append(
                 f"cell {index} raised {type(err).__name__}" + (f": {line[0][:160]}" if line else "")
@@ -83,18 +88,30 @@ def run(path: str) -> tuple[dict, list[str]]:
 
 
 def main(argv: list[str]) -> int:
-    """Run and grade ``argv[0]``; write ``{"verdicts": [...], "notes": [...]}`` to ``argv[1]``."""
-    submission, result = argv
+    """Run and grade ``argv[0]``: a line of notes, then a line of verdicts per task."""
+    submission, check_timeout, memory = argv[0], float(argv[1]), int(argv[2])
+    result = sys.stdin.readline().strip()
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     os.environ["MPLBACKEND"] = "agg"
     import jax  # noqa: F401  (before the hook: the backend may read its configuration)
 
-    from jaxlin.course import checks, reference  # noqa: F401  (the references, before the submission)
+    from jaxlin.course import checks
+
+    checks.use_cache()
 
     sys.addaudithook(_refuse)
-    namespace, notes = run(submission)
-    verdicts = checks.grade_namespace(namespace)
-    with open(result, "w", encoding="utf-8") as file:
-        json.dump({"verdicts": [asdict(v) for v in verdicts], "notes": notes}, file)
+    with open(result, "w", encoding="utf-8") as out:
+        namespace, notes = run(submission)
+        out.write(json.dumps({"notes": notes}) + "\n")
+        out.flush()
+        for task in checks.TASKS:
+            out.write(json.dumps({"task": task, "started": True}) + "\n")
+            out.flush()
+            verdicts = checks.grade_task(namespace, task, check_timeout or None)
+            out.write(json.dumps({"verdicts": [asdict(v) for v in verdicts]}) + "\n")
+            out.flush()
     return 0
 
 
