@@ -318,6 +318,7 @@ check_same("train_step", train_step(params, X, y, 0.03), jaxlin.train_step(param
 # a function of everything it uses, the shuffling key included, and returns
 # the trained parameters.
 
+
 # %%
 def train(params, train_data, val_data, lr, num_epochs, batch_size, key):
     """The training loop: epoch e shuffled by fold_in(key, e); prints each validation loss."""
