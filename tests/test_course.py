@@ -271,6 +271,23 @@ def test_command_line_errors_are_one_line(tmp_path, argv, message):
     )
 
 
+@pytest.mark.parametrize("command, missing", [("grade", "hypothesis"), ("assignment", "jupytext")])
+def test_without_the_course_extra_the_commands_say_what_to_install(tmp_path, command, missing):
+    argv = ["grade", str(LECTURE)] if command == "grade" else ["assignment", "--out", "o"]
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None\n"
+        f"from jaxlin.cli import main; sys.exit(main({argv!r}))"
+    )
+    python = [sys.executable, "-c", code]
+    result = subprocess.run(python, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f'jaxlin: error: the course kit needs {missing}: pip install -e ".[course]" '
+        '(or pip install "jaxlin[course]")'
+    ]
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_the_student_notebook_runs_top_to_bottom(tmp_path):
     import nbclient

@@ -228,6 +228,9 @@ def _run(argv: list[str], interrupt: Interrupt) -> int:
     except BrokenPipeError:  # `jaxlin train | head`: the reader left; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except ImportError as err:  # an optional extra that is not installed
+        print(f"jaxlin: error: {printable(str(err))}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError) as err:  # bad input, refused before the work
         print(f"jaxlin: error: {printable(as_flags(str(err)))}", file=sys.stderr)
         return 2

@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """Write the files and list them."""
+    from jaxlin.course import require
+
+    require("jupytext", "nbformat")
     from jaxlin.course.assignment import lecture_path, write
 
     lecture = Path(args.lecture) if args.lecture else lecture_path()

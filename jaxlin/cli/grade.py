@@ -37,6 +37,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """Grade each submission in turn; 0 when every one passes every check."""
+    from jaxlin.course import require
+
+    require("hypothesis")
     from jaxlin.course.grade import check_submission, grade
 
     for path in args.submission:

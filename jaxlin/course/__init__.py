@@ -16,7 +16,19 @@ Command line: ``jaxlin assignment`` and ``jaxlin grade``.
 
 from jaxlin.course.stub import NotWritten, not_written
 
-__all__ = ["NotWritten", "check", "not_written"]
+__all__ = ["NotWritten", "check", "not_written", "require"]
+
+
+def require(*modules: str) -> None:
+    """Raise ``ImportError`` naming the course extra if one of ``modules`` is not installed."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f'the course kit needs {", ".join(missing)}: pip install -e ".[course]" '
+            '(or pip install "jaxlin[course]")'
+        )
 
 
 def check(namespace: dict, task: str) -> int:
