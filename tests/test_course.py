@@ -47,6 +47,13 @@ def failures(verdicts):
     return [v for v in verdicts if v.status not in ("pass", "skip")]
 
 
+def test_the_lecture_gets_full_marks(solutions):
+    verdicts = grade_namespace(solutions)
+    assert score(verdicts) == (len(verdicts), sum(len(c) for c in CHECKS.values())), failures(
+        verdicts
+    )
+
+
 def test_every_task_of_the_lecture_has_checks(solutions):
     assert set(assignment.functions(LECTURE.read_text())) == set(TASKS) == set(CHECKS)
     assert all(callable(solutions[task]) for task in TASKS)
@@ -117,6 +124,7 @@ def test_unbalanced_markers_are_refused(source, message):
         assignment.strip(source)
 
 
+@pytest.mark.slow
 def test_the_reference_gets_full_marks_in_a_fresh_process(tmp_path, cache):
     result = subprocess.run(
         [sys.executable, "-m", "jaxlin", "grade", "--cache-dir", cache, str(LECTURE)],
