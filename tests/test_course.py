@@ -107,7 +107,7 @@ def test_the_student_notebook_is_the_lecture_with_stubs(tmp_path):
             assert source == ours.source  # everything else intact
     assert sum("".join(c["source"]).count(assignment.STUB) for c in student_code) == len(TASKS)
     source = json.loads(paths["nbgrader_source"].read_text())
-    graded = [c for c in source["cells"] if c["metadata"]["nbgrader"]["grade"]]
+    graded = [c for c in source["cells"] if c["metadata"].get("nbgrader", {}).get("grade")]
     assert [c["metadata"]["nbgrader"]["grade_id"] for c in graded] == [f"check-{t}" for t in TASKS]
 
 

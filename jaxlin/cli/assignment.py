@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from jaxlin.cli.common import path_flag
@@ -17,7 +16,6 @@ def add_parser(sub) -> None:
         "'### BEGIN SOLUTION' and '### END SOLUTION') replaced by a stub, and OUT/nbgrader/, "
         "an nbgrader course folder whose source notebook runs jaxlin's checks as hidden "
         "autograded tests. Grade submissions with 'jaxlin grade'.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a.add_argument("--out", type=path_flag, required=True, help="folder to write into")
     a.add_argument(
@@ -26,7 +24,7 @@ def add_parser(sub) -> None:
         default=None,
         help="the lecture notebook (default: notebooks/01_lecture.py of this checkout)",
     )
-    a.add_argument("--name", default="lecture", help="the assignment's name")
+    a.add_argument("--name", default="lecture", help="the assignment's name (default: lecture)")
 
 
 def run(args) -> int:

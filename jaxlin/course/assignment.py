@@ -22,7 +22,6 @@ STUB = "return jaxlin.course.not_written()  # YOUR CODE HERE"
 NBGRADER_CONFIG = f"""\
 # nbgrader's settings for the jaxlin assignment (written by `jaxlin assignment`).
 c = get_config()  # noqa: F821
-c.CourseDirectory.root = "."
 # The stub in place of each solution: jaxlin's function stands in (with a warning) in the
 # notebook; the grader reports it as not written.
 c.ClearSolutions.code_stub = {{"python": {STUB!r}}}
@@ -104,14 +103,13 @@ def nbgrader_source(lecture):
     notebook = copy.deepcopy(lecture)
     cells = []
     for index, cell in enumerate(notebook.cells):
-        solution = cell.cell_type == "code" and BEGIN in cell.source
-        cell.metadata["nbgrader"] = {
-            "solution": solution, "grade": False, "locked": False, "schema_version": 3,
-            "grade_id": f"cell-{index}",
-        }  # fmt: skip
         cells.append(cell)
-        if not solution:
-            continue
+        if cell.cell_type != "code" or BEGIN not in cell.source:
+            continue  # no nbgrader metadata: an ordinary cell
+        cell.metadata["nbgrader"] = {
+            "solution": True, "grade": False, "locked": False, "schema_version": 3,
+            "grade_id": f"solution-{index}",
+        }  # fmt: skip
         for task in functions(cell.source):
             if task not in CHECKS:
                 raise ValueError(f"the lecture's solution {task!r} has no checks in the grader")

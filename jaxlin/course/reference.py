@@ -62,9 +62,14 @@ def train_step(params, X, y, lr):
 
 
 def train(params, train_data, val_data, lr, num_epochs, batch_size, key):
-    """The lecture's loop: epoch ``e`` shuffled by ``fold_in(key, e)``; returns the params."""
+    """The lecture's loop: epoch ``e`` shuffled by ``fold_in(key, e)``; prints each val loss."""
     params, _ = jaxlin.fit(
         params, train_data, val_data, lr=lr, max_epochs=num_epochs, batch_size=batch_size,
-        key=key, engine="step",
+        key=key, engine="step", callback=_report,
     )  # fmt: skip
     return params
+
+
+def _report(end) -> None:
+    """Each epoch's validation loss, as the lecture's loop prints it."""
+    print(f"epoch {end.epoch + 1}: val loss {end.val_loss:.4f}")

@@ -37,43 +37,51 @@ def _refuse(event: str, args) -> None:
         raise PermissionError("jaxlin grade runs a submission without starting processes")
 
 
-def cells(path: str) -> list[str]:
-    """The code cells of a notebook (``.ipynb``) or of a ``.py`` file (``# %%`` cells)."""
+def cells(path: str) -> list[tuple[int, str]]:
+    """``(cell number, source)`` of each code cell of a notebook or a ``.py`` (``# %%`` cells).
+
+    Numbers count every cell from 1, markdown included, as Jupyter shows them.
+    """
     if path.endswith(".ipynb"):
         with open(path, encoding="utf-8") as file:
             notebook = json.load(file)
-        sources = [
-            "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            for cell in notebook.get("cells", [])
-            if cell.get("cell_type") == "code"
-        ]
-        # IPython's magics and shell escapes are not Python: left out.
-        return [
-            "\n".join(
-                line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))
-            )
-            for source in sources
-        ]
+        found = []
+        for number, cell in enumerate(notebook.get("cells", []), start=1):
+            if cell.get("cell_type") != "code":
+                continue
+            source = cell["source"]
+            source = "".join(source) if isinstance(source, list) else source
+            # IPython's magics and shell escapes are not Python: left out.
+            lines = source.splitlines()
+            kept = [line for line in lines if not line.lstrip().startswith(("%", "!"))]
+            found.append((number, "\n".join(kept)))
+        return found
     with open(path, encoding="utf-8") as file:
         text = file.read()
-    parts, current, markdown = [], [], False
+    chunks, current, kind = [], [], "code"
     for line in text.splitlines():
         if line.startswith("# %%"):
-            if current and not markdown:
-                parts.append("\n".join(current))
-            current, markdown = [], "[markdown]" in line
+            chunks.append((kind, current))
+            current, kind = [], "markdown" if "[markdown]" in line else "code"
             continue
         current.append(line)
-    if current and not markdown:
-        parts.append("\n".join(current))
-    return parts
+    chunks.append((kind, current))
+    # What comes before the first marker is a cell only if it holds code (jupytext's
+    # header is comments).
+    if not any(line.strip() and not line.lstrip().startswith("#") for line in chunks[0][1]):
+        chunks = chunks[1:]
+    return [
+        (number, "\n".join(lines))
+        for number, (kind, lines) in enumerate(chunks, start=1)
+        if kind == "code"
+    ]
 
 
 def run(path: str) -> tuple[dict, list[str]]:
     """Execute the submission's cells in a namespace of their own: ``(namespace, notes)``."""
     namespace = {"__name__": "__submission__", "__file__": path}
     notes = []
-    for index, source in enumerate(cells(path), start=1):
+    for index, source in cells(path):
         try:
             code = compile(source, f"<cell {index}>", "exec")
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
