@@ -210,6 +210,13 @@ def _traced_failure(err: BaseException, check: str) -> Failed | None:
     )
 
 
+def _jit_agrees(fn, args, what: str, static: tuple[int, ...] = (), names: str = "") -> None:
+    """Fail unless ``jax.jit(fn)`` (arguments ``static`` static) gives what ``fn`` gives."""
+    if not _same_tree(jax.jit(fn, static_argnums=static)(*args), fn(*args)):
+        where = f"jax.jit ({names} static)" if names else "jax.jit"
+        raise Failed(f"under {where} it gives {what}", "")
+
+
 # ---------------------------------------------------------------- synthetic_data
 
 
@@ -296,11 +303,8 @@ def synthetic_data_equal(fn):
 
 
 def synthetic_data_jit(fn):
-    key, w = jax.random.key(3), jnp.array([2.0, -3.4])
-    eager = fn(key, w, 4.2, 20, 0.01)
-    jitted = jax.jit(fn, static_argnums=(2, 3, 4))(key, w, 4.2, 20, 0.01)
-    if not _same_tree(eager, jitted):
-        raise Failed("under jax.jit (b, num_examples, noise static) it gives other numbers", "")
+    args = (jax.random.key(3), jnp.array([2.0, -3.4]), 4.2, 20, 0.01)
+    _jit_agrees(fn, args, "other numbers", static=(2, 3, 4), names="b, num_examples, noise")
 
 
 def synthetic_data_vmap(fn):
@@ -464,10 +468,7 @@ def init_params_equal(fn):
 
 
 def init_params_jit(fn):
-    key = jax.random.key(5)
-    jitted = jax.jit(fn, static_argnums=(1, 2))(key, 3, 0.5)
-    if not _same_tree(jitted, fn(key, 3, 0.5)):
-        raise Failed("under jax.jit (num_inputs, sigma static) it gives other params", "")
+    _jit_agrees(fn, (jax.random.key(5), 3, 0.5), "other params", (1, 2), "num_inputs, sigma")
 
 
 def init_params_vmap(fn):
@@ -509,10 +510,7 @@ def linreg_equal(fn):
 
 def linreg_jit(fn):
     rng = np.random.default_rng(1)
-    params, (X, _) = _params(rng, 2), _batch(rng, 6, 2)
-    jitted = jax.jit(fn)(params, X)
-    if not _close(jitted, fn(params, X)):
-        raise Failed("under jax.jit it gives other predictions", "")
+    _jit_agrees(fn, (_params(rng, 2), _batch(rng, 6, 2)[0]), "other predictions")
 
 
 def linreg_vmap(fn):
@@ -579,10 +577,7 @@ def squared_loss_equal(fn):
 
 
 def squared_loss_jit(fn):
-    y_hat, y = _batch(np.random.default_rng(4), 8, 1)
-    jitted = jax.jit(fn)(y_hat, y)
-    if not _close(jitted, fn(y_hat, y)):
-        raise Failed("under jax.jit it gives another loss", "")
+    _jit_agrees(fn, _batch(np.random.default_rng(4), 8, 1), "another loss")
 
 
 def squared_loss_grad(fn):
@@ -646,10 +641,7 @@ def loss_fn_vmap(fn):
 
 def loss_fn_jit(fn):
     rng = np.random.default_rng(9)
-    params, (X, y) = _params(rng, 2), _batch(rng, 6, 2)
-    jitted = jax.jit(fn)(params, X, y)
-    if not _close(jitted, fn(params, X, y)):
-        raise Failed("under jax.jit it gives another loss", "")
+    _jit_agrees(fn, (_params(rng, 2), *_batch(rng, 6, 2)), "another loss")
 
 
 # ---------------------------------------------------------------- sgd
@@ -698,10 +690,7 @@ def _update_diagnose(params, grads, lr, got) -> Failed:
 
 def sgd_jit(fn):
     rng = np.random.default_rng(11)
-    params, grads = _params(rng, 2), _params(rng, 2)
-    jitted = jax.jit(fn)(params, grads, 0.1)
-    if not _same_tree(jitted, fn(params, grads, 0.1)):
-        raise Failed("under jax.jit it gives other params", "")
+    _jit_agrees(fn, (_params(rng, 2), _params(rng, 2), 0.1), "other params")
 
 
 def sgd_vmap(fn):
@@ -730,12 +719,8 @@ def train_step_pure(fn):
 
 
 def train_step_jit(fn):
-    fn = _python(fn)
     rng = np.random.default_rng(14)
-    params, (X, y) = _params(rng, 2), _batch(rng, 8, 2)
-    jitted = jax.jit(fn)(params, X, y, 0.1)
-    if not _same_tree(jitted, fn(params, X, y, 0.1)):
-        raise Failed("under jax.jit it gives another step", "")
+    _jit_agrees(_python(fn), (_params(rng, 2), *_batch(rng, 8, 2), 0.1), "another step")
 
 
 def train_step_equal(fn):
