@@ -706,7 +706,9 @@ def fit_with_checkpoints(
         gradient_clip_val=gradient_clip_val, engine=engine,
     )  # fmt: skip
     max_epochs = train_config.max_epochs
-    _, (X, y), val, _ = configs.training_data(params, train, val, train_config)
+    (X, y), val, _, key = configs.checked_run(
+        "jaxlin.fit_with_checkpoints", params, train, val, train_config, key, key_needed=False
+    )
     full_run = {
         **_json_run({} if run is None else run),
         **train_config.settings(),
@@ -714,9 +716,7 @@ def fit_with_checkpoints(
         "has_val": val is not None,
         "train_data": _fingerprint(X, y),
     }
-    # Check everything (and fail early) with fit's own checks before touching the disk.
-    if key is not None:
-        key = checks.key("key", key)
+    # Everything is checked (with fit's own checks) before the disk is touched.
     if resume:
         _require_checkpoint(directory)
     else:

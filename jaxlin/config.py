@@ -187,28 +187,38 @@ def refuse_traced(driver: str, *values) -> None:
         )
 
 
-def checked_run(driver: str, params, train, val, config: TrainConfig, key) -> tuple:
-    """A driver's arguments checked: ``((X, y), val, key)`` as ``training_data`` and
-    ``shuffle_key`` give them, after ``refuse_traced``.
+def checked_run(
+    driver: str, params, train, val, config: TrainConfig, key, *, test=None, key_needed=None
+) -> tuple:
+    """Every driver's preamble: ``((X, y), val, test, key)`` checked, after ``refuse_traced``.
+
+    The data as ``training_data`` gives them. The key: with ``key_needed=None``,
+    as ``shuffle_key`` gives it (required to shuffle, else ``None``); ``True``
+    (a sweep's key also draws the initial parameters), required; ``False`` (a
+    resumed run takes its key from the checkpoint), checked when given.
 
     JAX arrays cannot change, so for the same arrays (the same objects) and the
     same config the answer is the same: it is remembered while they live, and a
     driver called again on them (a benchmark, a sweep of learning rates) pays
     a lookup, not the checks. Other arguments are checked every time.
     """
-    objects = _arrays(params, train, val, key, config)
+    plain = test is None and key_needed is None
+    objects = _arrays(params, train, val, key, config) if plain else None
     if objects is not None and tuple(map(id, objects)) in _CHECKED:
-        return train, val, key if config.shuffle else None
-    refuse_traced(driver, params, train, val, key)
-    _, data, val_checked, _ = training_data(params, train, val, config)
-    key_checked = shuffle_key(config, key)
+        return train, val, None, key if config.shuffle else None
+    refuse_traced(driver, params, train, val, test, key)
+    _, data, val_checked, test = training_data(params, train, val, config, test)
+    if key_needed is None:
+        key_checked = shuffle_key(config, key)
+    else:
+        key_checked = None if key is None and not key_needed else checks.key("key", key)
     for array in (data[0], key_checked):  # JAX's array type, and its type of typed keys
         if isinstance(array, jax.Array) and not checks.is_traced(array):
             _ARRAY_TYPES.add(type(array))
     if objects is not None and _same(data, train) and _same(val_checked, val):
         if key_checked is key or key_checked is None:
             _remember(objects)
-    return data, val_checked, key_checked
+    return data, val_checked, test, key_checked
 
 
 def _arrays(params, train, val, key, config) -> tuple | None:

@@ -180,7 +180,7 @@ def fit_data_parallel(
     if DATA not in mesh.shape or len(mesh.shape) != 1:
         raise ValueError(f"mesh must have one axis named {DATA!r}, got {dict(mesh.shape)}")
     num_devices = mesh.shape[DATA]
-    (X, y), val, key = configs.checked_run(
+    (X, y), val, _, key = configs.checked_run(
         "jaxlin.fit_data_parallel", params, train, val, config, key
     )
     if config.batch_size % num_devices:

@@ -354,6 +354,7 @@ def sweep(
       >>> result.val_loss.shape, jaxlin.sweeps.select(result).lr
       ((3, 4, 3), 0.1)
     """
+    configs.refuse_traced("jaxlin.sweep", lrs)  # the arrays are checked with the data, below
     config = configs.make_config(
         config, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val,
@@ -365,7 +366,9 @@ def sweep(
         )
     if val is None:
         raise ValueError("val is required: learning rates are compared on its loss")
-    _, (X, y), val, test = configs.training_data(None, train, val, config, test)
+    (X, y), val, test, key = configs.checked_run(
+        "jaxlin.sweep", None, train, val, config, key, test=test, key_needed=True
+    )
     lrs = _check_lrs(lrs)
     for lr in lrs:
         checks.representable("lrs", float(lr), X.dtype)
@@ -374,7 +377,6 @@ def sweep(
         max_epochs=config.max_epochs, batch_size=config.batch_size, dtype=X.dtype,
     )  # fmt: skip
     seeds = _check_seeds(seeds)
-    key = checks.key("key", key)
     sigma = checks.finite_float("sigma", sigma, nonnegative=True)
     per_step = checks.boolean("per_step", per_step)
     clip = config.clip

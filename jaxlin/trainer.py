@@ -177,7 +177,7 @@ def fit(
         config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val, engine=engine,
     )  # fmt: skip
-    (X, y), val, key = configs.checked_run("jaxlin.fit", params, train, val, config, key)
+    (X, y), val, _, key = configs.checked_run("jaxlin.fit", params, train, val, config, key)
     if type(start_epoch) is not int or start_epoch:  # 0 needs no check
         start_epoch = checks.nonnegative_int("start_epoch", start_epoch)
         if start_epoch >= config.max_epochs:

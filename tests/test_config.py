@@ -83,6 +83,31 @@ def test_entry_points_refuse_a_batch_larger_than_the_data_alike(entry, shards):
     assert str(info.value) == "batch_size must be <= the number of training examples (8), got 9"
 
 
+# Each host driver, with its validation data (or its lr) traced by jax.jit.
+TRACED = {
+    "fit": lambda t, X: jaxlin.fit(P2, (X8, Y8), (X, Y8), key=KEY, max_epochs=1),
+    "fit_data_parallel": lambda t, X: parallel.fit_data_parallel(
+        P2, (X8, Y8), (X, Y8), key=KEY, mesh=parallel.data_mesh(1), max_epochs=1
+    ),
+    "fit_stream": lambda t, X: stream.fit_stream(P2, t, (X, Y8), key=KEY, max_epochs=1),
+    "sweep": lambda t, X: jaxlin.sweep((X8, Y8), (X, Y8), lrs=[0.1], seeds=1, key=KEY),
+    "sweep lrs": lambda t, X: jaxlin.sweep((X8, Y8), (X8, Y8), lrs=X[0], seeds=1, key=KEY),
+    "trajectory": lambda t, X: jaxlin.trajectory(P2, (X, Y8), key=KEY),
+    "checkpoints": lambda t, X: fit_with_checkpoints(
+        P2, (X8, Y8), (X, Y8), key=KEY, checkpoint_dir=t.root.parent / "traced", max_epochs=1
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", TRACED)
+def test_every_host_driver_refuses_to_run_inside_a_trace(entry, shards):
+    """One message, naming the driver and the pure function to use, before any work."""
+    name = {"sweep lrs": "sweep", "checkpoints": "fit_with_checkpoints"}.get(entry, entry)
+    with pytest.raises(TypeError, match=rf"jaxlin.{name} is a checked host driver .*make_train"):
+        jax.jit(lambda X: TRACED[entry](shards, X))(X8)
+    assert not (shards.root.parent / "traced").exists()
+
+
 def test_config_is_frozen_hashable_and_canonical():
     a = jaxlin.TrainConfig(lr=jnp.float32(0.5), max_epochs=np.int64(2))
     assert a == jaxlin.TrainConfig(lr=0.5, max_epochs=2) and hash(a) == hash(

@@ -87,7 +87,7 @@ def trajectory(
       (97, 3)
     """
     config = configs.make_config(config, **overrides)
-    (X, y), _, key = configs.checked_run("jaxlin.trajectory", params, train, None, config, key)
+    (X, y), _, _, key = configs.checked_run("jaxlin.trajectory", params, train, None, config, key)
     run_key = configs.placeholder_key() if key is None else key  # unused without shuffling
     return _jit_record(
         params, X, y, run_key, config.lr, config.clip,

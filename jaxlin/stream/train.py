@@ -227,7 +227,8 @@ def fit_stream(
       >>> hist.train_loss.shape  # 3 epochs of 313 batches of 32 (the last one of 16)
       (3, 313)
     """
-    configs.refuse_traced("jaxlin.fit_stream", params, val, lr, key)
+    if checks.is_traced(lr):  # the arrays are checked with the data, below
+        configs.refuse_traced("jaxlin.fit_stream", lr)
     config = configs.make_config(
         config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
         gradient_clip_val=gradient_clip_val,
@@ -241,7 +242,7 @@ def fit_stream(
             f"{data.root}: {data.num_features} features but params['w'] expects "
             f"{checks.params(params)}"
         )
-    _, _, val, _ = configs.training_data(params, data.spec(), val, config)
+    _, val, _, key = configs.checked_run("jaxlin.fit_stream", params, data.spec(), val, config, key)
     batch_size = config.batch_size
     if block_batches is None:
         block_batches = max(1, (1 << 16) // batch_size)
@@ -249,7 +250,6 @@ def fit_stream(
     prefetch = checks.positive_int("prefetch", prefetch)
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-    key = configs.shuffle_key(config, key)
     lr, clip_arg = config.lr, config.clip
 
     n = data.num_examples
