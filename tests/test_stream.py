@@ -17,7 +17,6 @@ import jaxlin
 from jaxlin import shuffle, stream
 from jaxlin.stream import format as fmt
 from jaxlin.stream import reader as reader_module
-from jaxlin.stream import train as stream_train
 
 pytestmark = pytest.mark.slow
 
@@ -251,20 +250,14 @@ def test_reader_from_files_reads_the_rows_of_the_resident_one(
         shards, budget_bytes=0, threads=threads, piece_rows=piece_rows, piece_bytes=piece_bytes,
         gap_bytes=gap_bytes,
     )  # fmt: skip
-    if piece_bytes == 100:  # each piece within one 8-row window of its shard
-        order = np.sort(idx)
-        bounds = np.searchsorted(order, shards.offsets)
-        for s in range(len(shards.shards)):
-            for _, lo, hi in files._pieces(s, order, bounds, shards.offsets):
-                local = order[lo:hi] - shards.offsets[s]
-                assert local[0] // 8 == local[-1] // 8 and hi - lo <= piece_rows
     assert resident.resident and not files.resident
     X, y = load_all(shards)
     for _ in range(2):  # and again, from the loaded shards and the reopened files
         for r in (resident, files):
-            got_X, got_y = r.read(idx)
-            np.testing.assert_array_equal(got_X, X[idx])
-            np.testing.assert_array_equal(got_y.ravel(), y[idx])
+            for dtype in (np.int64, np.int32):  # the indices as numpy and as JAX give them
+                got_X, got_y = r.read(idx.astype(dtype))
+                np.testing.assert_array_equal(got_X, X[idx])
+                np.testing.assert_array_equal(got_y.ravel(), y[idx])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's RssAnon")
@@ -385,30 +378,26 @@ def test_read_runs_gives_the_rows_of_each_run(shards, key, budget):
     assert rank.tolist() == np.argsort(np.argsort(starts)).tolist()  # sorted by start
 
 
-def test_runs_order_reads_whole_runs_with_the_same_result(tmp_path, key, monkeypatch):
-    """Full run-blocks read as slices give the batches of the generic sorted read."""
+def test_runs_order_trains_on_permute_runs_order_as_fit_does(tmp_path, key):
+    """Each epoch of ``order="runs"`` is ``fit``'s epoch on the data laid out in
+    ``permute_runs``' order (no shuffle): whole blocks of full runs (read run by run)
+    and the rest of the data (read row by row) alike."""
     n = 2 * stream.RUN_LENGTH * stream.RUNS_PER_BLOCK + 1000  # two full run-blocks and a rest
     ds = stream.generate_shards(key, tmp_path / "runs", n, d=2, shards=3)
-    assert stream_train._full_run_block(n, (0, 256, 256)) and not stream_train._full_run_block(
-        n, (2 * 65536, 3, 256)
-    )
+    X, y = stream.read_rows(ds, np.arange(n))
     p0 = jaxlin.init_params(key, 2)
-    kw = dict(lr=0.01, max_epochs=2, batch_size=256, key=key, order="runs")
-    fast, h_fast = stream.fit_stream(p0, ds, **kw)
-    monkeypatch.setattr(stream_train, "_full_run_block", lambda n, block: False)
-    slow, h_slow = stream.fit_stream(p0, ds, **kw)
-    np.testing.assert_array_equal(h_fast.train_loss, h_slow.train_loss)
-    for k in fast:
-        np.testing.assert_array_equal(fast[k], slow[k])
-
-
-@pytest.mark.parametrize("dtype", [np.int32, np.int64])
-def test_packed_argsort_is_a_stable_argsort(dtype):
-    idx = np.random.default_rng(0).integers(0, 2**31 - 1, 5000).astype(dtype)
-    idx[::7] = idx[3]  # ties keep their positions' order
-    order, sidx = reader_module._argsort(idx)
-    np.testing.assert_array_equal(order, np.argsort(idx, kind="stable"))
-    np.testing.assert_array_equal(sidx, np.sort(idx))
+    kw = dict(lr=0.01, batch_size=256)
+    got, hist = stream.fit_stream(p0, ds, max_epochs=2, key=key, order="runs", **kw)
+    params = p0
+    for epoch in range(2):
+        order = shuffle.permute_runs(
+            shuffle.epoch_key(key, epoch), np.arange(n), n, stream.RUN_LENGTH,
+            stream.RUNS_PER_BLOCK,
+        )  # fmt: skip
+        params, h = jaxlin.fit(params, (X[order], y[order]), max_epochs=1, shuffle=False, **kw)
+        np.testing.assert_allclose(hist.train_loss[epoch], h.train_loss[0], rtol=1e-5)
+    for name in ("w", "b"):
+        np.testing.assert_allclose(got[name], params[name], rtol=1e-5, atol=1e-6)
 
 
 def test_runs_order_without_shuffle_reads_in_order(tmp_path, key):

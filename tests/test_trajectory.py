@@ -92,16 +92,25 @@ def test_plot_trajectory_draws_contours_paths_and_the_solution(problem):
     np.testing.assert_allclose([star.get_xdata()[0], star.get_ydata()[0]], best[:2])
 
 
-def test_profile_loss_is_the_loss_at_the_best_bias(problem):
-    from jaxlin.plot import _profile_loss
+def test_the_contours_are_the_loss_at_the_best_bias(problem):
+    """The highest contour drawn is the box's highest loss with b at its best for each
+    w: on a quadratic bowl, at a corner of the box (computed here directly)."""
+    from matplotlib.contour import ContourSet
 
     data, _, _ = problem
     X, y = (np.asarray(a, np.float64) for a in data.train)
     y = y.ravel()
-    w = np.array([1.5, -2.0])
-    b = np.mean(y - X @ w)
-    direct = np.mean((X @ w + b - y) ** 2) / 2
-    np.testing.assert_allclose(_profile_loss(X, y, w[0], w[1]), direct, rtol=1e-10)
+    lims = ((-1.0, 4.0), (-5.0, 0.5))
+    path = np.array([[0.0, 0.0, 0.0], [1.0, -1.0, 2.0]])
+    ax = jaxlin.plot.plot_trajectory(path, data.train, Figure().subplots(), lims=lims)
+    (contours,) = [c for c in ax.collections if isinstance(c, ContourSet)]
+
+    def loss_at_best_bias(w):
+        r = y - X @ np.asarray(w)
+        return np.mean((r - r.mean()) ** 2) / 2
+
+    corners = [loss_at_best_bias((w1, w2)) for w1 in lims[0] for w2 in lims[1]]
+    np.testing.assert_allclose(contours.levels[-1], max(corners), rtol=1e-5)
 
 
 def test_plot_trajectory_refuses_other_shapes(problem):
