@@ -14,6 +14,9 @@ public name or a new module appears without anyone listing it:
   ``__init__``) links there instead, through a cross-reference that breaks the
   ``--strict`` build if the target is missing.
 
+- each module's source is a page of its own (``source/jaxlin/...py``, each line
+  an anchor), and every module page and entry links the line that defines it.
+
 Everything is read from the source with ``ast`` (nothing is imported), so
 ``tests/test_docs.py`` uses the same functions without the ``docs`` extra. A
 public module, function or class without a docstring is a build warning, and
@@ -192,6 +195,50 @@ def page_path(module: str) -> str:
     return "api/index.md" if module == "jaxlin" else f"api/{module}.md"
 
 
+def source_path(module: Module) -> str:
+    """The path of a module's source page, relative to ``docs/``: ``source/jaxlin/x.py.md``."""
+    return f"source/{module.path.relative_to(ROOT).as_posix()}.md"
+
+
+def source_page(module: Module) -> str:
+    """A module's whole source, highlighted, with an anchor on each line (``L-N``).
+
+    The HTML is Pygments' own, written into the page, so that mkdocs sees each
+    line's anchor and checks every link to one (``validation`` in mkdocs.yml).
+    """
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import PythonLexer
+
+    formatter = HtmlFormatter(
+        linenos="table", anchorlinenos=True, lineanchors=LINE_ANCHOR, cssclass="highlight",
+        wrapcode=True,
+    )  # fmt: skip
+    html = highlight(module.path.read_text(), PythonLexer(), formatter)
+    return f"# `{module.path.relative_to(ROOT).as_posix()}`\n\n{html}\n"
+
+
+def first_line(node: ast.AST) -> int:
+    """Where a definition starts in its file: its first decorator, or the statement."""
+    decorators = getattr(node, "decorator_list", [])
+    return min([node.lineno, *(d.lineno for d in decorators)])
+
+
+def source_link(module: Module, page: str, node: ast.AST | None = None) -> str:
+    """A Markdown link from the page ``page`` to ``node``'s line in its module's source
+    page (to the file's first line without ``node``)."""
+    depth = page.count("/")
+    target = "../" * depth + source_path(module)
+    rel = module.path.relative_to(ROOT).as_posix()
+    if node is None:
+        return f"[{rel}]({target})"
+    line = first_line(node)
+    return f"[{rel}, line {line}]({target}#{LINE_ANCHOR}-{line})"
+
+
+LINE_ANCHOR = "L"  # a source page's line N has the id L-N
+
+
 def _summary(mods: dict[str, Module], dotted: str) -> str:
     module, _, name = dotted.rpartition(".")
     node = mods[module].defined.get(name)
@@ -220,6 +267,7 @@ def pages(mods: dict[str, Module] | None = None) -> dict[str, str]:
             ]
         lines += [f"::: {module}", "    options:", "      members: false"]
         lines += ["      show_root_heading: false", ""]
+        lines += [f"Source: {source_link(mods[module], page_path(module))}", ""]
         if module == "jaxlin":
             lines += [
                 "Every name below is importable as `jaxlin.NAME`; each links to the",
@@ -244,6 +292,7 @@ def pages(mods: dict[str, Module] | None = None) -> dict[str, str]:
                 lines += [f"## `{n}` {{#{module}.{n}}}", "", f"```python\n{source}\n```", ""]
             else:
                 lines += [f"::: {module}.{n}", ""]
+            lines += [f"Source: {source_link(mods[module], page_path(module), node)}", ""]
         out[page_path(module)] = "\n".join(lines)
     return out
 
@@ -346,6 +395,9 @@ def on_files(files, config):
         log.warning("no docstring: %s (the API reference renders every public name)", problem)
     for path, text in pages(mods).items():
         files.append(File.generated(config, path, content=text))
+    for name in public_modules(mods):
+        module = mods[name]
+        files.append(File.generated(config, source_path(module), content=source_page(module)))
     for extra in [*NOTEBOOKS, ROOT / "benchmarks/results/scaling_cpu.png"]:
         rel = extra.relative_to(ROOT).as_posix()
         files.append(File(rel, str(ROOT), config["site_dir"], config["use_directory_urls"]))

@@ -101,6 +101,33 @@ def test_every_public_name_is_in_the_api_reference(hooks):
             assert f"::: {target}\n" in home or f"{{#{target}}}" in home, target
 
 
+def test_every_entry_of_the_reference_links_the_line_that_defines_it(hooks):
+    """Each module page links its file's source page, and each entry the line where it
+    is defined (its first decorator, its ``def`` or ``class``, or its assignment)."""
+    import re
+
+    mods = hooks.modules()
+    entries = 0
+    for path, text in hooks.pages(mods).items():
+        module = mods[text.splitlines()[0].strip("# `")]
+        rel = module.path.relative_to(ROOT).as_posix()
+        links = re.findall(r"^Source: \[[^\]]+\]\(([^)#]+)(?:#L-(\d+))?\)$", text, re.M)
+        target = (Path("docs") / path).parent / links[0][0]
+        assert target.resolve() == (ROOT / "docs" / hooks.source_path(module)).resolve()
+        assert links[0][1] == "" and hooks.source_path(module) == f"source/{rel}.md"
+        names = re.findall(rf"^::: {re.escape(module.name)}\.(\w+)$|^## `(\w+)`", text, re.M)
+        assert len(links) == 1 + len(names), path
+        lines = module.path.read_text().splitlines()
+        for (name, other), (_, line) in zip(names, links[1:], strict=True):
+            at = int(line) - 1
+            while lines[at].startswith("@"):  # decorators, then what they decorate
+                at += 1
+            definition = rf"^((async )?def |class ){name or other}\b|^[\w, ]*\b{name or other}\b"
+            assert re.match(definition, lines[at]), (path, name or other, lines[at])
+            entries += 1
+    assert entries > 100
+
+
 def test_every_public_function_class_and_module_has_a_docstring(hooks):
     assert hooks.missing_docstrings() == []
 
