@@ -22,19 +22,20 @@ FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 
 def positive_int(name: str, value) -> int:
     """``value`` as an int ``>= 1``; bools and floats are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return int(value)
+    return int_at_least(name, value, 1)
 
 
 def nonnegative_int(name: str, value) -> int:
     """``value`` as an int ``>= 0``; bools and floats are refused."""
+    return int_at_least(name, value, 0)
+
+
+def int_at_least(name: str, value, low: int) -> int:
+    """``value`` as an int ``>= low``; bools and floats are refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 0, got {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return int(value)
 
 

@@ -114,8 +114,11 @@ def add_parser(sub) -> None:
 
 def check_sizes(args) -> None:
     """Refuse a grid or data too large for this machine, before anything is made."""
+    from jaxlin.checks import positive_int
     from jaxlin.cli.common import memory
     from jaxlin.sweeps import check_grid_memory
+
+    positive_int("num_test", args.num_test)  # a sweep's choice is reported on its test loss
 
     num_lrs = args.lr_range.count if args.lr_range else len(args.lr or DEFAULT_LRS)
     sizes = {"--num-train": args.num_train, "--num-val": args.num_val, "--num-test": args.num_test}
@@ -138,8 +141,6 @@ def run(args) -> dict:
     """Data (three-way split), sweep, table, choice, test loss; returns the JSON record."""
     plots_to_files()
     check_paths([("--json", args.json), ("--plot", args.plot)])
-    if args.num_test < 1:
-        raise ValueError(f"num_test must be an int >= 1, got {args.num_test}")
     check_sizes(args)
     interrupt = interrupt_of(args)
     configure_jax(args)
