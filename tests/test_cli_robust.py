@@ -209,6 +209,41 @@ def test_generate_removes_what_a_killed_generate_left_and_only_that(tmp_path):
     assert (tmp_path / "ds" / "manifest.json").is_file()
 
 
+def test_generate_finishes_a_killed_swap_and_loses_nothing(tmp_path, capsys):
+    """A run killed between setting the old dataset aside and moving the new one in: the
+    next run puts the old one back (and, without --overwrite, refuses to replace it). A run
+    killed while deleting the old dataset: the next run deletes the rest of its files,
+    and keeps a file of the user's that is in that folder."""
+    import fcntl
+
+    ds = tmp_path / "ds"
+    args = ["generate", "--out", str(ds), "--num-examples", "64"]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in ds.iterdir()}
+    aside = tmp_path / ".ds.jaxlin-old-0123abcd"
+    ds.rename(aside)  # killed between the two renames
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "holds a dataset; pass --overwrite to replace it" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in ds.iterdir()} == before and not aside.exists()
+
+    aside.mkdir()  # killed while deleting the old dataset's files
+    (aside / "X-00000.npy").write_bytes(b"rows")
+    (aside / "notes.txt").write_text("mine")
+    live = tmp_path / ".ds.jaxlin-old-89abcdef"  # a swap still running holds its lock
+    live.mkdir()
+    (live / "X-00000.npy").write_bytes(b"rows")
+    fd = os.open(live, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert main([*args, "--overwrite", "--seed", "3"]) == 0
+    finally:
+        os.close(fd)
+    assert sorted(p.name for p in aside.iterdir()) == ["notes.txt"]
+    assert (live / "X-00000.npy").exists()
+    assert {p.name: p.read_bytes() for p in ds.iterdir()} != before  # the new dataset
+
+
 def test_a_name_read_from_a_manifest_is_printed_escaped(tmp_path, capsys):
     assert main(["generate", "--out", str(tmp_path / "ds"), "--num-examples", "64"]) == 0
     manifest = tmp_path / "ds" / "manifest.json"

@@ -549,46 +549,75 @@ def _write_shards(
 
 
 NEW_INFIX = ".jaxlin-new-"  # ".NAME.jaxlin-new-XXXXXXXX": a dataset being written beside NAME
+OLD_INFIX = ".jaxlin-old-"  # ".NAME.jaxlin-old-XXXXXXXX": NAME's old dataset, set aside by a swap
 
 
 def _remove_leftovers(target: Path) -> None:
-    """Remove the folders that killed ``generate_shards`` runs into ``target`` left, and only those.
+    """Finish what killed ``generate_shards`` runs into ``target`` left, and only that.
 
-    Such a folder has the name a run gives its new dataset and no live run
-    holds its lock; it holds only that run's shards.
+    A new dataset's folder (its run died while writing it) is removed. An old
+    dataset's folder (its run died while swapping the new one in) is put back
+    as ``target`` if the new one never arrived, else its dataset files are
+    removed, as the swap would have. Either is touched only when no live run
+    holds its lock.
     """
-    pattern = re.compile(rf"\.{re.escape(target.name)}{re.escape(NEW_INFIX)}[0-9a-f]{{8}}")
     if not target.parent.is_dir():
         return
-    for entry in os.scandir(target.parent):
-        if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
-            remove_if_abandoned(entry.path, lambda p: shutil.rmtree(p, ignore_errors=True))
+    name = re.escape(target.name)
+    new = re.compile(rf"\.{name}{re.escape(NEW_INFIX)}[0-9a-f]{{8}}")
+    old = re.compile(rf"\.{name}{re.escape(OLD_INFIX)}[0-9a-f]{{8}}")
+    with os.scandir(target.parent) as entries:
+        found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
+    for entry, is_dir in found:
+        path = str(target.parent / entry)
+        if is_dir and new.fullmatch(entry):
+            remove_if_abandoned(path, lambda p: shutil.rmtree(p, ignore_errors=True))
+        elif is_dir and old.fullmatch(entry):
+            remove_if_abandoned(path, lambda p: _finish_swap(Path(p), target))
+
+
+def _finish_swap(old: Path, target: Path) -> None:
+    """A killed swap's old dataset: back in place if ``target`` is gone, else removed."""
+    if not os.path.lexists(target):
+        os.rename(old, target)
+        fsync_folder(target.parent)
+    else:
+        _remove_old(old)
+
+
+def _remove_old(old: Path) -> None:
+    """Delete a replaced dataset's files, then its folder if nothing else is in it (a
+    file someone added to the old folder stays there: nothing is lost)."""
+    entries = os.listdir(old)
+    mine = _dataset_files(old, entries)
+    for name in mine:
+        (old / name).unlink()
+    if len(entries) == len(mine):
+        old.rmdir()
 
 
 def _swap_in(new: Path, target: Path) -> None:
     """Rename the complete ``new`` folder to ``target``; an old ``target`` is removed after.
 
     The old folder is renamed aside first (and back, if the second rename
-    fails); once the new one is in place, its dataset files are deleted.
+    fails), locked until its dataset files are deleted: a run killed in
+    between leaves it for the next run to finish (``_remove_leftovers``).
     """
     if not target.exists():
         os.rename(new, target)
         fsync_folder(target.parent)
         return
     os.chmod(new, stat.S_IMODE(target.stat().st_mode))
-    old = target.parent / f".{target.name}.jaxlin-old-{secrets.token_hex(4)}"
-    os.rename(target, old)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    fsync_folder(target.parent)
-    entries = os.listdir(old)
-    for name in _dataset_files(old, entries):
-        (old / name).unlink()
-    if len(entries) == len(_dataset_files(old, entries)):
-        old.rmdir()  # a file added since the check stays, in `old`: nothing is lost
+    old = target.parent / f".{target.name}{OLD_INFIX}{secrets.token_hex(4)}"
+    with locked(target):  # the lock is the folder's: it moves with it to `old`
+        os.rename(target, old)
+        try:
+            os.rename(new, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
+        fsync_folder(target.parent)
+        _remove_old(old)
 
 
 def generate_shards(
@@ -661,6 +690,7 @@ def generate_shards(
     out = Path(out_dir)
     target = Path(os.path.realpath(out))  # through links: the folder itself is replaced
     _check_sizes(out, target, n, d, chunk, dtype)
+    _remove_leftovers(target)  # first: a killed swap may have set target's dataset aside
     _check_out_dir(out, target, overwrite)
 
     key_w, key_data = jax.random.split(key)
@@ -668,7 +698,6 @@ def generate_shards(
         w = np.asarray(TRUE_W if d == 2 else jax.random.normal(key_w, (d,)), np.float64)
     counts = _split(n, shards)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(target)
     new = target.parent / f".{target.name}{NEW_INFIX}{secrets.token_hex(4)}"
     os.mkdir(new)
     try:
