@@ -32,6 +32,8 @@ _HOMES = {
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [name for names in _HOMES.values() for name in names]
+if __import__("importlib.util").util.find_spec("sklearn") is None:  # an optional extra:
+    __all__.remove("SGDLinearRegression")  # ``from jaxlin import *`` works without it
 # The modules reachable as attributes (``jaxlin.shuffle.permutation``), imported on first use.
 _SUBMODULES = (
     "checkpoint", "checks", "choices", "cli", "command", "config", "course", "data", "engines",

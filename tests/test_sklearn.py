@@ -89,6 +89,8 @@ def test_import_jaxlin_works_without_scikit_learn():
         "import jaxlin\n"
         "try:\n    jaxlin.SGDLinearRegression\n"
         "except ImportError as e:\n    print(e)\n"
+        "from jaxlin import *\n"
+        "print('star import:', callable(fit), 'SGDLinearRegression' in dir())\n"
     )
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
@@ -101,4 +103,5 @@ def test_import_jaxlin_works_without_scikit_learn():
         check=True,
     )
     assert 'needs scikit-learn: pip install "jaxlin[sklearn]"' in proc.stdout
+    assert "star import: True False" in proc.stdout
     assert jaxlin.SGDLinearRegression is SGDLinearRegression
