@@ -366,6 +366,31 @@ def size_text(num_bytes: float) -> str:
     raise AssertionError  # unreachable
 
 
+def training_memory(name: str, pair) -> None:
+    """Refuse training on an in-memory ``(X, y)`` whose working copies cannot fit, before
+    any copy is made (anything but a 2-D float ``X`` is left to ``dataset``).
+
+    A run holds about four copies of ``(X, y)`` besides the caller's: the
+    device's, the epoch's shuffled one and the gather's temporaries (peak RSS
+    over rows, measured through ``fit`` and the estimator for d from 2 to 50:
+    at most ``4 d + 2`` floats per row). Small data is not checked: the check
+    reads the process's limits.
+    """
+    X = pair[0] if isinstance(pair, (tuple, list)) and len(pair) == 2 else None
+    if isinstance(X, jax.ShapeDtypeStruct) or len(getattr(X, "shape", ())) != 2:
+        return
+    if np.dtype(getattr(X, "dtype", None)) not in FLOAT_DTYPES:
+        return
+    dtype = jax.dtypes.canonicalize_dtype(X.dtype)  # float32 unless x64 is on
+    n, d = X.shape
+    num_values = n * (4 * (d + 1) + 2)
+    if num_values * dtype.itemsize > MEMORY_CHECKED_ABOVE:
+        fits_in_memory(name, f"({n}, {d})", num_values, dtype)
+
+
+MEMORY_CHECKED_ABOVE = 1 << 26  # bytes: training data whose working copies are checked
+
+
 def fits_in_memory(name: str, value, num_values: int, dtype="float32") -> None:
     """Refuse, before anything is allocated, a request whose arrays cannot fit in memory.
 

@@ -160,6 +160,8 @@ def training_data(params, train, val, config: TrainConfig, test=None) -> tuple:
     ``val`` and ``test`` may be ``None``.
     """
     d = None if params is None else checks.params(params)
+    if params is not None:  # a sweep (no params) checks its whole grid's memory itself
+        checks.training_memory("train", train)
     X, y = checks.dataset("train", train, d)
     d = X.shape[1]
     val = None if val is None else checks.dataset("val", val, d)

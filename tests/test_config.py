@@ -108,6 +108,40 @@ def test_every_host_driver_refuses_to_run_inside_a_trace(entry, shards):
     assert not (shards.root.parent / "traced").exists()
 
 
+# Each in-memory driver, on data whose working copies exceed the memory the test allows.
+BIG = 6_000_000  # rows of 10 features: 46 floats a row need 1.03 GiB; the zeros are never touched
+BEYOND_MEMORY = {
+    "fit": lambda t, X, y: jaxlin.fit(jaxlin.init_params(KEY, 10), (X, y), key=KEY),
+    "fit_data_parallel": lambda t, X, y: parallel.fit_data_parallel(
+        jaxlin.init_params(KEY, 10), (X, y), key=KEY, mesh=parallel.data_mesh(1)
+    ),
+    "trajectory": lambda t, X, y: jaxlin.trajectory(jaxlin.init_params(KEY, 10), (X, y), key=KEY),
+    "checkpoints": lambda t, X, y: fit_with_checkpoints(
+        jaxlin.init_params(KEY, 10), (X, y), key=KEY, checkpoint_dir=t / "big"
+    ),
+    "estimator": lambda t, X, y: (
+        pytest.importorskip("jaxlin.sklearn").SGDLinearRegression().fit(X, y)
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", BEYOND_MEMORY)
+def test_training_data_beyond_memory_is_refused_before_any_copy(entry, tmp_path, monkeypatch):
+    """About four working copies of (X, y) are counted (measured as peak RSS), against the
+    memory there is: refused in one line before the device copy, the disk untouched."""
+    from jaxlin import checks
+
+    monkeypatch.setattr(checks, "memory_bytes", lambda: 2**30)
+    X, y = np.zeros((BIG, 10), np.float32), np.zeros(BIG, np.float32)
+    with pytest.raises(ValueError) as info:
+        BEYOND_MEMORY[entry](tmp_path, X, y)
+    assert str(info.value) == (
+        "train=(6000000, 10) needs 1.03 GiB of memory for its arrays, but this machine has 1 GiB"
+    )
+    assert not (tmp_path / "big").exists()
+    jaxlin.fit(P2, (X[:100_000, :2], y[:100_000]), key=KEY, max_epochs=1)  # small: not counted
+
+
 def test_config_is_frozen_hashable_and_canonical():
     a = jaxlin.TrainConfig(lr=jnp.float32(0.5), max_epochs=np.int64(2))
     assert a == jaxlin.TrainConfig(lr=0.5, max_epochs=2) and hash(a) == hash(

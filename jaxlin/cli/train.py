@@ -180,18 +180,21 @@ def check_engine_flags(args) -> None:
         )
 
 
-def floats_per_row(d: int) -> int:
+def floats_per_row(d: int, host_devices: int = 1) -> int:
     """Floats held at the peak of a run per example of ``d`` features: the draw and its
     splits, the epoch's shuffled copy and the compiled programs' temporaries (about six
-    copies of ``X``; measured as peak RSS over rows for d from 2 to 50)."""
-    return 6 * d + 5
+    copies of ``X``), and on ``host_devices`` > 1 CPU devices each one's copies of the
+    order and the batches (measured as peak RSS over rows: d from 2 to 50; d = 2 and
+    10 on 2, 4 and 8 host devices)."""
+    return 6 * d + 5 + (4 * host_devices if host_devices > 1 else 0)
 
 
 def check_sizes(args) -> None:
     """Refuse data or a loss history too large for this machine, before anything is made."""
     n = max(args.num_train, 1) + max(args.num_val, 1)
     big = "--num-train" if args.num_train >= args.num_val else "--num-val"
-    memory(args, big, max(args.num_train, args.num_val), n * floats_per_row(len(args.w)))
+    host = args.devices if args.device == "cpu" and isinstance(args.devices, int) else 1
+    memory(args, big, max(args.num_train, args.num_val), n * floats_per_row(len(args.w), host))
     steps = math.ceil(max(args.num_train, 1) / max(args.batch_size, 1))
     memory(args, "--epochs", args.epochs, max(args.epochs, 1) * (steps + 1))
 
