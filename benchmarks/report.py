@@ -284,6 +284,7 @@ def render() -> str:
         "Every figure on this page is read from the JSON that the benchmark scripts "
         "write, with the machine and versions they record. To measure your own machine:",
         "",
+        '<!-- skip: next "installs torch, then benchmarks for minutes" -->',
         "```bash",
         'pip install -e ".[bench]"',
         "python benchmarks/bench.py && python benchmarks/report.py",
