@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 from machine import cpu_name  # noqa: E402 (benchmarks/machine.py, beside this script)
+from report import scaling_figure  # noqa: E402 (the figure, from the JSON this script writes)
 
 try:
     import torch
@@ -454,44 +455,6 @@ def processes(repeats: int) -> dict:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Samples per second against n, d and batch size, one panel each, floor dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    axes_names = [
-        ("n", "n (d = 2, batch 32)"),
-        ("d", "d (n = 1e5, batch 32)"),
-        ("batch", "batch size (n = 1e5, d = 2)"),
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), layout="constrained")
-    for ax, (axis, label) in zip(axes, axes_names, strict=True):
-        sel = [r for r in rows if r["axis"] == axis]
-        if not sel:
-            continue
-        xs = [r["batch_size" if axis == "batch" else axis] for r in sel]
-        for engine in ("scan", "affine", "step", "torch"):
-            pts = [
-                (x, r[engine]["samples_per_s"]) for x, r in zip(xs, sel, strict=True) if engine in r
-            ]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", label=engine)
-        ax.plot(xs, [r["n"] / r["floor_s_per_epoch"] for r in sel], "k--", label="bandwidth floor")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("training samples / s")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(
-        f"jaxlin engines vs the lecture's PyTorch loop ({jax.default_backend()}, {cpu_name()})"
-    )
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
@@ -566,7 +529,7 @@ def main() -> None:
     }
     suffix = f"{backend}{'_quick' if args.quick else ''}"
     (args.out / f"bench_{suffix}.json").write_text(json.dumps(result, indent=1))
-    plot(scale, args.out / f"scaling_{suffix}.png")
+    scaling_figure(result, args.out / f"scaling_{suffix}.png")
     print(f"\nwrote {args.out / f'bench_{suffix}.json'} and {args.out / f'scaling_{suffix}.png'}")
 
 

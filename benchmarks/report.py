@@ -2,6 +2,7 @@
 
     python benchmarks/report.py            # writes docs/benchmarks.md
     python benchmarks/report.py --check    # exit 1 if docs/benchmarks.md is not up to date
+    python benchmarks/report.py --figure   # also redraws the scaling figure from its JSON
 
 Every figure on the page is read from ``benchmarks/results/*.json``: the
 tables, the machine, the versions and the date. A JSON that records no date
@@ -284,6 +285,7 @@ def render() -> str:
         "Every figure on this page is read from the JSON that the benchmark scripts "
         "write, with the machine and versions they record. To measure your own machine:",
         "",
+        '<!-- skip: next "installs torch, then benchmarks for minutes" -->',
         "```bash",
         'pip install -e ".[bench]"',
         "python benchmarks/bench.py && python benchmarks/report.py",
@@ -320,10 +322,65 @@ def render() -> str:
     return "\n".join(lines)
 
 
+# Each line of the scaling figure: what it times, in the legend's words.
+SCALING_LINES = {
+    "scan": "jaxlin scan: all epochs in one compiled program (lax.scan over the steps)",
+    "affine": "jaxlin affine: one compiled program (each epoch's steps as affine maps)",
+    "step": "jaxlin step: a jitted SGD step, called from a Python loop",
+    "torch": "PyTorch: the lecture's loop (the reference)",
+}
+BOUND_LINE = "bandwidth bound: X and y read once per epoch at the measured bandwidth"
+
+
+def scaling_figure(data: dict, path: Path) -> None:
+    """The scaling figure of a ``bench_*.json``: samples per second against n, d and the batch
+    size, one panel each, every line named in one legend below the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("n", "n, training examples (d = 2, batch 32)"),
+        ("d", "d, features (n = 100,000, batch 32)"),
+        ("batch", "batch size (n = 100,000, d = 2)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.8), layout="constrained")
+    handles = {}
+    for ax, (axis, label) in zip(axes, panels, strict=True):
+        sel = [r for r in data["scaling"] if r["axis"] == axis]
+        xs = [r["batch_size" if axis == "batch" else axis] for r in sel]
+        for engine, name in SCALING_LINES.items():
+            pts = [(x, r[engine]["samples_per_s"]) for x, r in zip(xs, sel, strict=True)
+                   if engine in r]  # fmt: skip
+            if pts:
+                (handles[name],) = ax.plot(*zip(*pts, strict=True), "o-", label=name)
+        bound = [r["n"] / r["floor_s_per_epoch"] for r in sel]
+        (handles[BOUND_LINE],) = ax.plot(xs, bound, "k--", label=BOUND_LINE)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("training samples / s (higher is faster)")
+        ax.grid(True, which="both", alpha=0.3)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=2)
+    env = data["env"]
+    fig.suptitle(
+        f"Steady-state training throughput of jaxlin's engines and the lecture's PyTorch "
+        f"loop ({env['backend']}, {env['cpu']}, {env['cores']} cores)"
+    )
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare, do not write")
+    parser.add_argument("--figure", action="store_true", help=f"also redraw {FIGURE} from its JSON")
     args = parser.parse_args(argv)
+    if args.figure:
+        source = RESULTS / Path(FIGURE).name.replace("scaling_", "bench_").replace(".png", ".json")
+        scaling_figure(json.loads(source.read_text()), ROOT / FIGURE)
+        print(f"wrote {FIGURE} from {rel(source)}")
     text = render()
     if args.check:
         if not PAGE.exists() or PAGE.read_text() != text:

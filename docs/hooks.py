@@ -24,7 +24,14 @@ public module, function or class without a docstring is a build warning, and
 
 The notebooks (``notebooks/*.py``) are added to the site from where they are,
 and executed by mkdocs-jupyter with ``JAXLIN_NB_SMALL=1`` on the CPU, the
-settings of ``tests/test_notebooks.py``.
+settings of ``tests/test_notebooks.py``. Each one's ``.ipynb`` is made by
+jupytext at build time, put beside it on the site, and linked for download
+under its page's title.
+
+After a build, every relative link and ``#anchor`` of the site's HTML pages is
+checked (``dead_links``); a dead one is a warning, so ``--strict`` fails on it.
+mkdocs' own validation (``validation:`` in ``mkdocs.yml``) checks the Markdown
+pages' links before that; the notebooks' pages are HTML, checked here.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jaxlin"
@@ -401,7 +410,62 @@ def on_files(files, config):
     for extra in [*NOTEBOOKS, ROOT / "benchmarks/results/scaling_cpu.png"]:
         rel = extra.relative_to(ROOT).as_posix()
         files.append(File(rel, str(ROOT), config["site_dir"], config["use_directory_urls"]))
+    for path in NOTEBOOKS:  # each notebook's .ipynb, for download from its page
+        files.append(File.generated(config, ipynb_path(path), content=notebook_ipynb(path)))
     return files
+
+
+def ipynb_path(path: Path) -> str:
+    """Where a notebook's ``.ipynb`` is on the site: beside its ``.py`` source."""
+    return f"notebooks/{path.stem}.ipynb"
+
+
+def notebook_ipynb(path: Path) -> str:
+    """A notebook's ``.ipynb``, made by jupytext from its ``.py`` (cells, no outputs)."""
+    import jupytext
+
+    return jupytext.writes(jupytext.read(path), fmt="ipynb")
+
+
+NOTEBOOK_HEADING = re.compile(r'<h([1-6]) id="([^"]+)"')
+
+
+def _anchors(toc):
+    for anchor in toc:
+        yield anchor
+        yield from _anchors(anchor.children)
+
+
+def on_page_content(html, page, config, files):
+    """A notebook's page: its table of contents links to its headings' ids, and a
+    download link to its ``.ipynb`` is put under its title.
+
+    mkdocs-jupyter makes the contents' anchors from the headings' text without
+    their code (``jax.jit``), while the page's headings keep it in their ids;
+    the contents take the page's ids, heading by heading.
+    """
+    path = ROOT / page.file.src_uri
+    if path not in NOTEBOOKS:
+        return html
+    headings = [(int(level), i) for level, i in NOTEBOOK_HEADING.findall(html)]
+    anchors = list(_anchors(page.toc))
+    if [a.level for a in anchors] == [level for level, _ in headings]:
+        for anchor, (_, heading_id) in zip(anchors, headings, strict=True):
+            anchor.id = heading_id
+    else:
+        log.warning("%s: the table of contents does not match the headings", page.file.src_uri)
+    ipynb = files.get_file_from_path(ipynb_path(path))
+    href = ipynb.url_relative_to(page.file)
+    link = (
+        f'<p class="jaxlin-download"><a href="{href}" download>Download this notebook '
+        f"({Path(ipynb.src_uri).name})</a> to run it in Jupyter with jaxlin installed: "
+        f"its cells, without the outputs shown here.</p>"
+    )
+    end = html.find("</h1>")
+    if end < 0:
+        return link + html
+    end += len("</h1>")
+    return html[:end] + link + html[end:]
 
 
 CELL = re.compile(r"<td>(.*?)</td>", re.S)
@@ -461,14 +525,63 @@ def misdocumented_parameters(html: str) -> list[str]:
     return problems
 
 
+class _Links(HTMLParser):
+    """A page's element ids (and ``<a name>``s), and its relative link targets."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for name in ("id", "name") if tag == "a" else ("id",):
+            if attrs.get(name):
+                self.ids.add(attrs[name])
+        for name in ("href", "src"):
+            target = attrs.get(name)
+            if target is not None and not urlsplit(target).scheme and not target.startswith("//"):
+                self.links.append(target)
+
+
+def dead_links(site_dir: str | Path) -> list[str]:
+    """Every relative ``href`` or ``src`` of the built site's HTML pages whose file, or
+    whose ``#anchor`` in an HTML target, does not exist: ``"page: link"`` each."""
+    site = Path(site_dir).resolve()
+    pages = {}
+    for html in sorted(site.rglob("*.html")):
+        parser = _Links()
+        parser.feed(html.read_text(encoding="utf-8"))
+        pages[html] = parser
+    dead = []
+    for html, parser in pages.items():
+        for link in parser.links:
+            parts = urlsplit(link)
+            target = html
+            if parts.path:  # relative to the page, or from the site's root ("/api/")
+                base = site if parts.path.startswith("/") else html.parent
+                target = (base / unquote(parts.path).lstrip("/")).resolve()
+                if target.is_dir():
+                    target = target / "index.html"
+            if not target.is_file() or site not in target.parents:
+                dead.append(f"{html.relative_to(site)}: {link}")
+            elif parts.fragment and target in pages:
+                if unquote(parts.fragment) not in pages[target].ids:
+                    dead.append(f"{html.relative_to(site)}: {link} (no such anchor)")
+    return dead
+
+
 def on_post_build(config):
-    """Every parameter table of the built reference agrees with its signature (not
-    while serving: the build that publishes checks it)."""
+    """Every parameter table of the built reference agrees with its signature, and no
+    page links to a file or an anchor that the site does not have (not while serving:
+    the build that publishes checks it)."""
     if _COMMAND.get("name") == "serve":
         return
     for page in sorted(Path(config["site_dir"], "api").glob("*/index.html")):
         for problem in misdocumented_parameters(page.read_text()):
             log.warning("API reference: %s", problem)
+    for link in dead_links(config["site_dir"]):
+        log.warning("dead link: %s", link)
 
 
 def on_page_markdown(markdown, page, config, files):

@@ -33,7 +33,7 @@ from jax.flatten_util import ravel_pytree
 
 import jaxlin
 from jaxlin.plot import plot_history
-from jaxlin.stream import fit_stream, generate_shards
+from jaxlin.stream import ORDERS, ShardReader, epoch_blocks, fit_stream, generate_shards
 
 key = jax.random.key(0)
 key_data, key_init, key_shuffle, key_more = jax.random.split(key, 4)
@@ -77,19 +77,26 @@ kept = order[: (n // batch_size) * batch_size].reshape(-1, batch_size)
 print("drop_last batches:", kept.shape, "- left out this epoch:", n - kept.size, "examples")
 
 # %% [markdown]
-# ## 3.3.2: data that does not fit in memory
+# ## 3.3.2: data that do not fit in memory
 #
-# *What if the data do not fit in memory? How would you shuffle data held on
-# disk?* Keep the data in files and read one **block** of minibatches at a
-# time: memory then holds a block, not the dataset. Two things must still
-# work as in memory: the shuffle, and the result.
+# *What if both the number of examples and the size of `w` are large? What
+# happens if we cannot hold all data in memory? How would you shuffle data
+# held on disk, without needing too many random reads or writes?* Three
+# answers, each run below on a dataset small enough to take seconds:
 #
-# The shuffle needs a permutation that can be evaluated at any position on
-# its own, without building (or sorting) an array of all `n` indices.
-# `jaxlin.shuffle.permute_indices` is such a keyed bijection (a Feistel network): the
-# index at position `i` of a shuffle of a billion rows costs a few hashes and
-# no memory for the other positions, so each block can compute just its own
-# rows and read them.
+# 1. **Not in memory:** keep the data in files and read one **block** of
+#    minibatches at a time, so that memory holds a block, not the dataset.
+# 2. **Shuffling on disk:** a permutation that can be evaluated at any
+#    position on its own, so no array of all `n` indices is built or sorted;
+#    and, to avoid a random read per example, shuffled **runs** of
+#    consecutive examples instead of single ones (`order="runs"`).
+# 3. **A large `w`:** the size of one example grows with `d`, which changes
+#    what a block, a chunk and a read cost.
+#
+# `jaxlin.shuffle.permute_indices` is such a keyed bijection (a Feistel
+# network): the index at position `i` of a shuffle of a billion rows costs a
+# few hashes and no memory for the other positions, so each block can compute
+# just its own rows and read them.
 
 # %%
 n_huge = 10**9
@@ -98,35 +105,132 @@ print("first 8 rows to read:", jaxlin.shuffle.permute_indices(key_shuffle, posit
 
 # %% [markdown]
 # `jaxlin.stream` puts this together. `generate_shards` writes a dataset to a
-# folder as `.npy` files (shards) plus a manifest, generating it a chunk at a
-# time, so it never holds the whole dataset either; `fit_stream` trains on the
-# folder, reading each block's rows (from memory up to 1 GiB of data, from the
-# files above it) in a background thread while the device runs the previous
-# block's steps. It
-# takes the same batches as `fit` would take on the same data in memory, so it
-# gives `fit`'s result. Here the dataset is small enough to check that: 60,000
-# rows in 3 shards, in a temporary folder, read in blocks of 500 minibatches
-# (16,000 rows) at a time.
+# folder as `.npy` files (shards) plus a manifest, a chunk at a time, so it
+# never holds the whole dataset either. `ShardReader` reads rows from it: up
+# to its budget (`budget_bytes`, 1 GiB by default, and at most a quarter of
+# the machine's memory) it keeps the data in memory once read, and above it
+# it reads every block's rows from the files. Our dataset is 150,000 rows in
+# 4 shards, far below 1 GiB, so we give the reader a budget of 0 bytes: it is
+# then not resident, and every row below comes from the files, as it would
+# for data larger than memory. An epoch is read as `fit_stream` reads it,
+# in blocks of 2,048 minibatches (65,536 rows) of `fit`'s shuffle
+# (`epoch_blocks`), and each block is trained with the lecture's loop,
+# `train_epoch`, in the block's order.
 
 # %%
-with tempfile.TemporaryDirectory() as folder:
-    on_disk = generate_shards(key_more, folder, num_examples=60_000, shards=3)
-    print(f"{on_disk.num_examples:,} rows in {len(on_disk.shards)} shards, {on_disk.dtype} on disk")
-    streamed, stream_history = fit_stream(
-        params0, folder, data.val, lr=0.03, max_epochs=1, batch_size=32, key=key_shuffle,
-        block_batches=500,
-    )  # fmt: skip
-    # Only to check the answer: this small dataset does fit in memory.
-    X_disk = np.concatenate([np.load(shard.X) for shard in on_disk.shards])
-    y_disk = np.concatenate([np.load(shard.y) for shard in on_disk.shards])
+disk_folder = tempfile.TemporaryDirectory()  # removed at the end of this section
+on_disk = generate_shards(key_more, disk_folder.name, num_examples=150_000, shards=4)
+print(f"{on_disk.num_examples:,} rows in {len(on_disk.shards)} shards, {on_disk.dtype} on disk")
+reader = ShardReader(on_disk, budget_bytes=0)
+print("the reader holds the data in memory:", reader.resident)
+from_files = params0
+for idx in epoch_blocks(on_disk, key_shuffle, epoch=0, batch_size=32, block_batches=2048):
+    X_block, y_block = reader.read(idx.ravel())  # rows in the shuffled order, from the files
+    from_files, _ = jaxlin.train_epoch(from_files, X_block, y_block, 0.03, batch_size=idx.shape[1])
+    print(f"block of {idx.shape[0]} batches of {idx.shape[1]}: read {X_block.shape[0]:,} rows")
+reader.close()
+
+# %% [markdown]
+# The last block is the short batch of the lecture's epoch, alone. The same
+# epoch with `fit_stream` (which keeps this small dataset in memory), and with
+# `fit` on the same rows loaded into memory, take the same batches, so all
+# three should end at the same parameters:
+
+# %%
+streamed, stream_history = fit_stream(
+    params0, disk_folder.name, data.val, lr=0.03, max_epochs=1, batch_size=32, key=key_shuffle
+)
+# Only to check the answer: this small dataset does fit in memory.
+X_disk = np.concatenate([np.load(shard.X) for shard in on_disk.shards])
+y_disk = np.concatenate([np.load(shard.y) for shard in on_disk.shards])
 in_memory, _ = jaxlin.fit(
     params0, (X_disk, y_disk), data.val, lr=0.03, max_epochs=1, batch_size=32, key=key_shuffle
 )
-gap = max(float(jnp.max(jnp.abs(streamed[k] - in_memory[k]))) for k in ("w", "b"))
-print(f"streamed: w {np.ravel(streamed['w'])}, b {float(streamed['b'][0]):.4f}")
-print(f"largest difference from fit on the same data in memory: {gap:.1e}")
+for name, p in [("read from the files by hand", from_files), ("streamed by fit_stream", streamed)]:
+    gap = max(float(jnp.max(jnp.abs(p[k] - in_memory[k]))) for k in ("w", "b"))
+    print(f"{name}: largest difference from fit on the same data in memory: {gap:.1e}")
 print(f"validation loss after one epoch: {stream_history.val_loss[-1]:.2e}")
 
+# %% [markdown]
+# In `fit`'s exact order, a block's rows are spread over the whole dataset:
+# reading them from the files costs about one random read per row. With
+# `order="runs"` (`fit_stream(..., order="runs")`, `jaxlin train --order
+# runs`) the shuffle is `jaxlin.shuffle.permute_runs`: runs of 64 consecutive
+# rows are shuffled, and a block of 1,024 runs is read across them, so each
+# minibatch still draws its examples from different runs. Below, the number of
+# separate stretches of consecutive rows that the first block of each order
+# touches on disk, which is the number of reads it needs, and the result of
+# an epoch in each order:
+
+# %%
+for order in ORDERS:
+    first_block = next(epoch_blocks(on_disk, key_shuffle, 0, 32, 2048, order=order))
+    rows = np.sort(first_block.ravel())
+    stretches = 1 + np.count_nonzero(np.diff(rows) != 1)
+    p, h = fit_stream(
+        params0, disk_folder.name, data.val, lr=0.03, max_epochs=1, batch_size=32,
+        key=key_shuffle, order=order,
+    )  # fmt: skip
+    w_err, b_err = jaxlin.estimation_error(p, data.w, data.b)
+    print(
+        f"order={order!r}: {rows.size:,} rows of the first block in {stretches:,} stretches; "
+        f"after one epoch, val loss {h.val_loss[-1]:.2e}, |error in w| "
+        f"{float(jnp.linalg.norm(w_err)):.1e}"
+    )
+
+# %% [markdown]
+# The runs order reads the same number of rows in a small fraction of the
+# stretches (at most one per run; neighbouring runs merge), and the model it
+# trains is as good here: a coarser shuffle, but one whose minibatches still
+# mix many parts of the file. Shuffling **writes** nothing in either order:
+# the permutation is computed, never stored or applied to the files.
+#
+# Finally, a large `w`. One example is `d + 1` numbers, so the size of the
+# dataset and of each read grow with `d` as well as with `n`:
+
+
+# %%
+def size(num_bytes):
+    """A number of bytes in the largest unit that keeps it at or above 1."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if num_bytes < 1024 or unit == "PiB":
+            return f"{num_bytes:.3g} {unit}"
+        num_bytes /= 1024
+
+
+for d in (2, 10_000, 1_000_000):
+    row_bytes = 4 * (d + 1)  # float32: x and y
+    print(
+        f"d = {d:>9,}: one example {size(row_bytes):>9}, a minibatch of 32 "
+        f"{size(32 * row_bytes):>9}, a billion examples {size(10**9 * row_bytes):>9}, "
+        f"w {size(4 * d):>9}"
+    )
+try:
+    generate_shards(key_more, f"{disk_folder.name}/huge", num_examples=10**9, d=1_000_000)
+except ValueError as err:
+    print("generate_shards refuses before writing:", err)
+disk_folder.cleanup()
+
+# %% [markdown]
+# `w` itself stays small next to the data (at most megabytes, while the
+# datasets are terabytes to petabytes), so the model and its gradient fit in
+# memory long after the data do not. What a large `d` changes is the size of
+# everything counted in rows: a minibatch, a block of minibatches, and a chunk
+# of `generate_shards` hold `d + 1` numbers per row, so blocks must be chosen
+# in bytes (`block_batches` smaller, for `fit_stream`), and generating costs
+# `n * d` multiply-adds for `X @ w`. It also changes what a random read costs:
+# an example of a wide dataset is one long contiguous read (megabytes at the
+# largest `d` above), so reading examples in a random order is no longer many
+# small reads; the runs order matters most when rows are short, as in the
+# lecture's `d = 2`.
+#
+# The refusal above is the same point: `generate_shards` checks what it
+# needs against the machine's memory and the free disk space before it writes
+# anything, and at `d = 1,000,000` its default chunk of 65,536 rows is by
+# itself far more than memory holds; a chunk, like a block, has to be chosen
+# in bytes.
+
+# %% [markdown]
 # ## 3.3.3 and 3.3.4: a generator of new data, and one that repeats itself
 #
 # *Implement a data generator that produces new data on the fly, every time
@@ -373,7 +477,6 @@ print("Hessian of the absolute loss:\n", abs_hessian(flat0))
 # entirely. `jaxlin.squared_loss` reshapes `y` to `y_hat.shape` first, as the
 # lecture does. JAX can also turn such broadcasts into errors
 # (`jax.numpy_rank_promotion("raise")`, which the jaxlin tests switch on).
-
 #
 # The difference shows best at **trained** parameters, where the right loss is
 # tiny: the wrong one compares every prediction with every label, so it stays
@@ -485,7 +588,10 @@ print(f"|error in w| after 3 epochs {errors[2, 0]:.1e}, after 20 epochs {errors[
 # trainer from jaxlin's pieces (`linreg`, `sgd`, `permutation`) that takes the
 # loss as an argument. It also records `b` after every step. The loss is picked
 # by a *traced* index with `lax.switch`, so one compiled program serves all
-# three losses (a static loss function would compile three times).
+# three losses (a static loss function would compile three times). Like `fit`
+# (3.3.1 above), it takes a real step on each epoch's short last batch, here
+# the 8 examples left after 31 batches of 32; so with the squared loss it takes
+# `fit`'s steps, and the first line it prints compares the two.
 
 
 # %%
@@ -514,12 +620,21 @@ def train_with_loss(params, X, y, lr, key, loss_index, *, epochs, batch_size=32)
 
     def epoch(params, e):
         order = jaxlin.shuffle.permutation(jaxlin.shuffle.epoch_key(key, e), n)
-        return jax.lax.scan(step, params, order[: steps * batch_size].reshape(steps, batch_size))
+        full = order[: steps * batch_size].reshape(steps, batch_size)
+        params, b_path = jax.lax.scan(step, params, full)
+        if n % batch_size:  # the short last batch is a real step, as in fit
+            params, b_last = step(params, order[steps * batch_size :])
+            b_path = jnp.append(b_path, b_last)
+        return params, b_path
 
     params, b_path = jax.lax.scan(epoch, params, jnp.arange(epochs))
     return params, b_path.ravel()
 
 
+by_fit, _ = jaxlin.fit(params0, data.train, lr=0.03, max_epochs=20, batch_size=32, key=key_shuffle)
+by_hand, _ = train_with_loss(params0, X_train, y_train, 0.03, key_shuffle, 0, epochs=20)
+gap = max(float(jnp.max(jnp.abs(by_hand[k] - by_fit[k]))) for k in ("w", "b"))
+print(f"squared loss, 20 epochs: largest difference from jaxlin.fit {gap:.1e}")
 y_outlier = y_train.at[5].set(10000.0)
 paths = {}
 print(f"{'loss':9s} {'labels':8s} {'|error in w|':>13s} {'error in b':>11s}")

@@ -205,6 +205,14 @@ plt.show()
 # Any change there means a new trace and a new compilation. We count them
 # around calls of a freshly jitted train step (a new `jax.jit` has an empty
 # cache, so its first call compiles), with all inputs made beforehand.
+#
+# The step is `jaxlin.train.step`, from `jaxlin/train.py`: one minibatch SGD
+# step as a pure function `(params, X, y, lr) -> (new params, loss)`, the
+# loss and its gradient from `jax.value_and_grad`, then the update
+# `w - lr * grad`. It is not jitted itself. `jaxlin.train_step`, which the
+# lecture's loop calls, checks its arguments and runs a jitted copy of it
+# whose cache every caller shares, so it may have compiled already; wrapping
+# `jaxlin.train.step` in a new `jax.jit` gives a cache that starts empty.
 
 # %%
 X, y = seed.train
@@ -309,12 +317,23 @@ print("explain_cache_misses:\n ", "\n  ".join(log.getvalue().strip().splitlines(
 # key is an argument, and the epoch's shapes never change. Only the batch size,
 # the number of epochs per call, `shuffle`, and the shapes of the data (and
 # whether there is validation data) are static.
+#
+# The program of the three calls below is already compiled: the timing cell
+# of the lecture's problem (under "Compile time versus run time") ran `fit`
+# with the same data, batch size, number of epochs and engine (`scan`) at
+# `lr=0.03`, and `fit` keeps its compiled programs. So
+# even the first of the three, at a learning rate never used before,
+# compiles nothing. The last call changes a static argument (two epochs per
+# call instead of one) and compiles a program of its own.
 
 # %%
 for lr in (0.01, 0.03, 0.1):
     with compile_clock() as stats:
         jaxlin.fit(params0, seed.train, seed.val, lr=lr, max_epochs=1, key=key_shuffle)
     print(f"fit(lr={lr}) recompiles: {stats[0]}")
+with compile_clock() as stats:
+    jaxlin.fit(params0, seed.train, seed.val, lr=0.01, max_epochs=2, key=key_shuffle)
+print(f"fit(lr=0.01, max_epochs=2) recompiles: {stats[0]}")
 
 # %% [markdown]
 # ## Batch size and learning rate

@@ -1,10 +1,11 @@
-"""The documentation: the README stays short, the benchmarks page is the JSON's, and
-the API reference covers every public name.
+"""The documentation: the README stays short, the benchmarks page is the JSON's, the
+API reference covers every public name, and the built site has no dead link.
 
 The README and benchmarks checks need nothing beyond the test extra; the API
 reference's are read from ``docs/hooks.py`` (``ast`` only), checked against
-what ``import jaxlin`` exposes; the configuration check needs the ``docs`` extra.
-CI builds the whole site with ``mkdocs build --strict`` (``.ci/run``).
+what ``import jaxlin`` exposes; the configuration check and the checks of the
+built site (one ``mkdocs build --strict``, shared by those tests) need the
+``docs`` extra. CI builds the whole site the same way (``.ci/run``).
 """
 
 from __future__ import annotations
@@ -152,20 +153,60 @@ def test_the_site_configuration_lists_the_generated_pages(hooks):
     assert ("Exploring jax.jit", "notebooks/04_jit_exploration.py") in listed  # code as text
 
 
-def test_the_reference_shows_no_optional_parameter_as_required(hooks, tmp_path):
-    """The built site's parameter tables agree with the signatures (the strict build
-    also fails on any disagreement, from docs/hooks.py's on_post_build)."""
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site, built as CI builds it (``mkdocs build --strict``, notebooks not executed)."""
     pytest.importorskip("mkdocs")
-    env = dict(os.environ, JAXLIN_DOCS_EXECUTE="false", NO_MKDOCS_2_WARNING="1")
     import subprocess
 
+    out = tmp_path_factory.mktemp("site")
+    env = dict(os.environ, JAXLIN_DOCS_EXECUTE="false", NO_MKDOCS_2_WARNING="1")
     built = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
-    pages = sorted(tmp_path.glob("api/*/index.html"))
+    return out
+
+
+def test_the_reference_shows_no_optional_parameter_as_required(hooks, site):
+    """The built site's parameter tables agree with the signatures (the strict build
+    also fails on any disagreement, from docs/hooks.py's on_post_build)."""
+    pages = sorted(site.glob("api/*/index.html"))
     rows = sum(len(hooks.rows(p.read_text())) for p in pages)
     assert rows > 50  # the tables were found and read
     problems = [q for p in pages for q in hooks.misdocumented_parameters(p.read_text())]
     assert problems == []
+
+
+def test_the_built_site_has_no_dead_link_or_anchor(hooks, site):
+    """Every relative link of every built page, the notebooks' included, reaches a file,
+    and its ``#anchor`` an id of that page (the strict build fails on one, too)."""
+    notebook = (site / "notebooks" / "02_objects_to_functions" / "index.html").read_text()
+    assert notebook.count('href="#') > 10  # the notebook's contents, checked below
+    assert hooks.dead_links(site) == []
+
+
+def test_the_link_check_finds_a_missing_file_and_a_missing_anchor(hooks, tmp_path):
+    (tmp_path / "guide").mkdir()
+    (tmp_path / "guide" / "index.html").write_text('<h2 id="usage">Usage</h2>')
+    (tmp_path / "index.html").write_text(
+        '<a href="guide/">ok</a> <a href="guide/#usage">ok</a> <a href="#top">ok</a>'
+        '<a name="top"></a> <a href="https://example.org/x">external</a>'
+        '<a href="/guide/index.html">ok</a> <img src="missing.png">'
+        '<a href="guide/#install">no anchor</a> <a href="other/">no page</a>'
+    )
+    assert hooks.dead_links(tmp_path) == [
+        "index.html: missing.png",
+        "index.html: guide/#install (no such anchor)",
+        "index.html: other/",
+    ]
+
+
+def test_each_notebook_page_links_its_ipynb(hooks, site):
+    jupytext = pytest.importorskip("jupytext")
+    for path in hooks.NOTEBOOKS:
+        page = (site / "notebooks" / path.stem / "index.html").read_text()
+        assert f'<a href="../{path.stem}.ipynb" download>Download this notebook' in page
+        cells = jupytext.read(site / "notebooks" / f"{path.stem}.ipynb").cells
+        assert [c.source for c in cells] == [c.source for c in jupytext.read(path).cells]
