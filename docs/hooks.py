@@ -397,16 +397,20 @@ def _priority(value):
 @_priority(100)  # before mkdocs-jupyter's on_files, which wraps the notebooks
 def on_files(files, config):
     """Add the generated API pages, the notebooks and the benchmark figure to the site."""
-    from mkdocs.structure.files import File
+    from mkdocs.structure.files import File, InclusionLevel
 
     mods = modules()
     for problem in missing_docstrings(mods):
         log.warning("no docstring: %s (the API reference renders every public name)", problem)
     for path, text in pages(mods).items():
         files.append(File.generated(config, path, content=text))
-    for name in public_modules(mods):
+    for name in public_modules(mods):  # reached from the reference's links, not the nav
         module = mods[name]
-        files.append(File.generated(config, source_path(module), content=source_page(module)))
+        page = File.generated(
+            config, source_path(module), content=source_page(module),
+            inclusion=InclusionLevel.NOT_IN_NAV,
+        )  # fmt: skip
+        files.append(page)
     for extra in [*NOTEBOOKS, ROOT / "benchmarks/results/scaling_cpu.png"]:
         rel = extra.relative_to(ROOT).as_posix()
         files.append(File(rel, str(ROOT), config["site_dir"], config["use_directory_urls"]))
