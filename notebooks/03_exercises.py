@@ -647,6 +647,10 @@ for index, name in enumerate(LOSSES):
         print(f"{name:9s} {labels:8s} {float(jnp.linalg.norm(w_err)):13.2e} {float(b_err):+11.2e}")
 low, high = (float(f(jnp.asarray(paths["squared", "outlier"]))) for f in (jnp.min, jnp.max))
 print(f"the squared loss's b with the outlier ranges over [{low:.3g}, {high:.3g}]")
+jumps = jnp.diff(jnp.asarray(paths["squared", "outlier"]))
+print(
+    f"its largest one-step jump in b: {float(jnp.max(jnp.abs(jumps))):.3g} (lr * 10000 / 32 = 9.4)"
+)
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained", sharey=True)
@@ -676,9 +680,11 @@ plt.show()
 #   distance of order `lr`.
 # - **One outlier, `y[5] = 10000`.** Each time the batch holding example 5
 #   comes round, the squared loss gets a gradient of about
-#   $10000/32 \approx 300$ and `b` jumps by about 9; the estimate is wrecked
-#   (the spikes in the right panel, once per epoch) and the final error is
-#   large. The absolute loss does not notice the outlier's *size* at all: it
+#   $10000/32 \approx 300$, so `b` jumps by about $0.03 \times 300 \approx 9$ in one
+#   step (the largest jump printed above), and the jumps of successive epochs
+#   pile up before the clean batches pull `b` back (the printed range); the
+#   estimate is wrecked (the spikes in the right panel, once per epoch) and the
+#   final error is large. The absolute loss does not notice the outlier's *size* at all: it
 #   only sees the sign of the residual, so the outlier counts like any label
 #   that lies above the line, one sign among 32, and the result is as good as
 #   on clean data. This is the median-versus-mean difference.
