@@ -82,7 +82,8 @@ SHELL_HANG_S = 600  # a block that has not ended by then is stuck: fail it, with
 
 def _run_shell(example: Example) -> str | None:
     """A ```bash block, run by ``bash -e`` in the page's folder: ``None`` if every command
-    succeeds, else the failure and the output (sybil fails the example with that text)."""
+    succeeds, else the failure and the output (sybil fails the example with that text).
+    The commands' compile cache is the page's own, not the user's."""
     path = os.pathsep.join([BIN, os.environ.get("PATH", "")])
     found = shutil.which("jaxlin", path=path)
     if found is None or Path(found).parent != Path(BIN):
@@ -90,7 +91,8 @@ def _run_shell(example: Example) -> str | None:
     try:
         done = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", example.parsed],
-            env={**os.environ, "PATH": path}, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PATH": path, "XDG_CACHE_HOME": str(Path.cwd().parent / "cache")},
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=SHELL_HANG_S,
         )  # fmt: skip
     except subprocess.TimeoutExpired as err:
