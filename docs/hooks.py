@@ -210,11 +210,18 @@ def source_path(module: Module) -> str:
 
 
 def source_page(module: Module) -> str:
-    """A module's whole source, highlighted, with an anchor on each line (``L-N``).
+    """A module's source page as Markdown: its title and a placeholder, which
+    ``on_page_content`` replaces with ``source_html`` (Markdown would spend
+    seconds parsing the highlighted HTML of every module)."""
+    return f"# `{module.path.relative_to(ROOT).as_posix()}`\n\n{SOURCE_PLACEHOLDER}\n"
 
-    The HTML is Pygments' own, written into the page, so that mkdocs sees each
-    line's anchor and checks every link to one (``validation`` in mkdocs.yml).
-    """
+
+SOURCE_PLACEHOLDER = "<!-- jaxlin: the module's source -->"
+
+
+def source_html(path: Path) -> tuple[str, int]:
+    """A file's source highlighted, with an anchor on each line (``L-N``); and its
+    number of lines."""
     from pygments import highlight
     from pygments.formatters import HtmlFormatter
     from pygments.lexers import PythonLexer
@@ -223,8 +230,8 @@ def source_page(module: Module) -> str:
         linenos="table", anchorlinenos=True, lineanchors=LINE_ANCHOR, cssclass="highlight",
         wrapcode=True,
     )  # fmt: skip
-    html = highlight(module.path.read_text(), PythonLexer(), formatter)
-    return f"# `{module.path.relative_to(ROOT).as_posix()}`\n\n{html}\n"
+    text = path.read_text()
+    return highlight(text, PythonLexer(), formatter), len(text.splitlines())
 
 
 def first_line(node: ast.AST) -> int:
@@ -441,13 +448,18 @@ def _anchors(toc):
 
 
 def on_page_content(html, page, config, files):
-    """A notebook's page: its table of contents links to its headings' ids, and a
-    download link to its ``.ipynb`` is put under its title.
+    """A module's source page gets its code. A notebook's page: its table of contents
+    links to its headings' ids, and a download link to its ``.ipynb`` is put under
+    its title.
 
     mkdocs-jupyter makes the contents' anchors from the headings' text without
     their code (``jax.jit``), while the page's headings keep it in their ids;
     the contents take the page's ids, heading by heading.
     """
+    if page.file.src_uri.startswith("source/"):  # a module's source page
+        code, lines = source_html(ROOT / page.file.src_uri.removeprefix("source/")[:-3])
+        page.present_anchor_ids.update(f"{LINE_ANCHOR}-{i}" for i in range(1, lines + 1))
+        return html.replace(SOURCE_PLACEHOLDER, code)  # its lines' anchors, known to mkdocs
     path = ROOT / page.file.src_uri
     if path not in NOTEBOOKS:
         return html
