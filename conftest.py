@@ -95,8 +95,11 @@ def _run_shell(example: Example) -> str | None:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=SHELL_HANG_S,
         )  # fmt: skip
-    except subprocess.TimeoutExpired as err:
-        return f"still running after {SHELL_HANG_S} s:\n{example.parsed}\noutput:\n{err.output}"
+    except subprocess.TimeoutExpired as err:  # its output comes as bytes, text=True or not
+        output = (
+            err.output.decode(errors="replace") if isinstance(err.output, bytes) else err.output
+        )
+        return f"still running after {SHELL_HANG_S} s:\n{example.parsed}\noutput:\n{output}"
     if done.returncode != 0:
         return f"exit status {done.returncode} of\n{example.parsed}\noutput:\n{done.stdout}"
     return None

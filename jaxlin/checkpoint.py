@@ -706,8 +706,9 @@ def fit_with_checkpoints(
         gradient_clip_val=gradient_clip_val, engine=engine,
     )  # fmt: skip
     max_epochs = train_config.max_epochs
+    needed = train_config.shuffle and not resume  # a resumed run's key is its checkpoint's
     (X, y), val, _, key = configs.checked_run(
-        "jaxlin.fit_with_checkpoints", params, train, val, train_config, key, key_needed=False
+        "jaxlin.fit_with_checkpoints", params, train, val, train_config, key, key_needed=needed
     )
     full_run = {
         **_json_run({} if run is None else run),

@@ -366,25 +366,28 @@ def size_text(num_bytes: float) -> str:
     raise AssertionError  # unreachable
 
 
-def training_memory(name: str, pair) -> None:
+def training_memory(name: str, pair, host_devices: int = 1) -> None:
     """Refuse training on an in-memory ``(X, y)`` whose working copies cannot fit, before
     any copy is made (anything but a 2-D float ``X`` is left to ``dataset``).
 
     A run holds about four copies of ``(X, y)`` besides the caller's: the
     device's, the epoch's shuffled one and the gather's temporaries (peak RSS
     over rows, measured through ``fit`` and the estimator for d from 2 to 50:
-    at most ``4 d + 2`` floats per row). Small data is not checked: the check
-    reads the process's limits.
+    at most ``4 d + 2`` floats per row), and on ``host_devices`` > 1 CPU
+    devices 4 floats a row more for each (their orders and batches). Small
+    data is not checked (the check reads the process's limits), nor a run on
+    an accelerator, whose copies are in its own memory.
     """
     X = pair[0] if isinstance(pair, (tuple, list)) and len(pair) == 2 else None
     if isinstance(X, jax.ShapeDtypeStruct) or len(getattr(X, "shape", ())) != 2:
         return
-    if np.dtype(getattr(X, "dtype", None)) not in FLOAT_DTYPES:
+    dtype = getattr(X, "dtype", None)
+    if dtype is None or np.dtype(dtype) not in FLOAT_DTYPES:
         return
-    dtype = jax.dtypes.canonicalize_dtype(X.dtype)  # float32 unless x64 is on
+    dtype = jax.dtypes.canonicalize_dtype(dtype)  # float32 unless x64 is on
     n, d = X.shape
-    num_values = n * (4 * (d + 1) + 2)
-    if num_values * dtype.itemsize > MEMORY_CHECKED_ABOVE:
+    num_values = n * (4 * (d + 1) + 2 + (4 * host_devices if host_devices > 1 else 0))
+    if num_values * dtype.itemsize > MEMORY_CHECKED_ABOVE and jax.default_backend() == "cpu":
         fits_in_memory(name, f"({n}, {d})", num_values, dtype)
 
 

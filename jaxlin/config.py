@@ -129,7 +129,8 @@ def shuffle_key(config: TrainConfig, key) -> jax.Array | None:
     return checks.key("key", key)
 
 
-KEY_REQUIRED = "key is required when shuffle=True: pass key=jax.random.key(seed)"
+PASS_KEY = "pass key=jax.random.key(seed)"
+KEY_REQUIRED = "key is required when shuffle=True: " + PASS_KEY
 
 
 @functools.cache
@@ -212,8 +213,12 @@ def checked_run(
     _, data, val_checked, test = training_data(params, train, val, config, test)
     if key_needed is None:
         key_checked = shuffle_key(config, key)
+    elif key is None:
+        if key_needed:
+            raise ValueError(KEY_REQUIRED if config.shuffle else "key is required: " + PASS_KEY)
+        key_checked = None
     else:
-        key_checked = None if key is None and not key_needed else checks.key("key", key)
+        key_checked = checks.key("key", key)
     for array in (data[0], key_checked):  # JAX's array type, and its type of typed keys
         if isinstance(array, jax.Array) and not checks.is_traced(array):
             _ARRAY_TYPES.add(type(array))

@@ -180,6 +180,8 @@ def fit_data_parallel(
     if DATA not in mesh.shape or len(mesh.shape) != 1:
         raise ValueError(f"mesh must have one axis named {DATA!r}, got {dict(mesh.shape)}")
     num_devices = mesh.shape[DATA]
+    if num_devices > 1 and mesh.devices.flat[0].platform == "cpu":  # host devices: their copies
+        checks.training_memory("train", train, host_devices=num_devices)
     (X, y), val, _, key = configs.checked_run(
         "jaxlin.fit_data_parallel", params, train, val, config, key
     )

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,8 +213,8 @@ def test_generate_removes_what_a_killed_generate_left_and_only_that(tmp_path):
 def test_generate_finishes_a_killed_swap_and_loses_nothing(tmp_path, capsys):
     """A run killed between setting the old dataset aside and moving the new one in: the
     next run puts the old one back (and, without --overwrite, refuses to replace it). A run
-    killed while deleting the old dataset: the next run deletes the rest of its files,
-    and keeps a file of the user's that is in that folder."""
+    killed while deleting the old dataset: the next run deletes the rest of its files (and
+    never puts it back), keeping a file of the user's that is in that folder."""
     import fcntl
 
     ds = tmp_path / "ds"
@@ -227,9 +228,17 @@ def test_generate_finishes_a_killed_swap_and_loses_nothing(tmp_path, capsys):
     assert "holds a dataset; pass --overwrite to replace it" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in ds.iterdir()} == before and not aside.exists()
 
-    aside.mkdir()  # killed while deleting the old dataset's files
-    (aside / "X-00000.npy").write_bytes(b"rows")
-    (aside / "notes.txt").write_text("mine")
+    deleting = tmp_path / ".ds.jaxlin-del-0123abcd"  # killed while deleting the old dataset
+    deleting.mkdir()
+    (deleting / "X-00000.npy").write_bytes(b"rows")
+    (deleting / "notes.txt").write_text("mine")
+    shutil.rmtree(ds)  # and the new one deleted since: a half-deleted one is never put back
+    capsys.readouterr()
+    assert main(args) == 0
+    assert sorted(p.name for p in deleting.iterdir()) == ["notes.txt"]
+    assert {p.name: p.read_bytes() for p in ds.iterdir()} == before  # the same seed's data
+    ds.rename(aside)  # killed after the new one was in, before the old one was renamed
+    shutil.copytree(aside, ds)
     live = tmp_path / ".ds.jaxlin-old-89abcdef"  # a swap still running holds its lock
     live.mkdir()
     (live / "X-00000.npy").write_bytes(b"rows")
@@ -239,7 +248,7 @@ def test_generate_finishes_a_killed_swap_and_loses_nothing(tmp_path, capsys):
         assert main([*args, "--overwrite", "--seed", "3"]) == 0
     finally:
         os.close(fd)
-    assert sorted(p.name for p in aside.iterdir()) == ["notes.txt"]
+    assert not aside.exists()  # a whole old dataset beside the new one: removed
     assert (live / "X-00000.npy").exists()
     assert {p.name: p.read_bytes() for p in ds.iterdir()} != before  # the new dataset
 

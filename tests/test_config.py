@@ -142,6 +142,37 @@ def test_training_data_beyond_memory_is_refused_before_any_copy(entry, tmp_path,
     jaxlin.fit(P2, (X[:100_000, :2], y[:100_000]), key=KEY, max_epochs=1)  # small: not counted
 
 
+def test_a_checkpointed_run_without_its_key_is_refused_before_the_disk(tmp_path):
+    """A new shuffled run needs its key (a resumed one takes its checkpoint's)."""
+    with pytest.raises(ValueError, match="key is required when shuffle=True"):
+        fit_with_checkpoints(P2, (X8, Y8), checkpoint_dir=tmp_path / "c", batch_size=4)
+    assert not (tmp_path / "c").exists()
+    fit_with_checkpoints(P2, (X8, Y8), checkpoint_dir=tmp_path / "c", batch_size=4, key=KEY)
+    params, _ = fit_with_checkpoints(
+        P2, (X8, Y8), checkpoint_dir=tmp_path / "c", batch_size=4, resume=True, max_epochs=4
+    )
+    want, _ = jaxlin.fit(P2, (X8, Y8), batch_size=4, key=KEY, max_epochs=4)
+    np.testing.assert_array_equal(params["w"], want["w"])
+
+
+def test_host_devices_count_their_copies_and_arrays_without_a_dtype_are_left_to_the_checks(
+    monkeypatch,
+):
+    from jaxlin import checks
+
+    monkeypatch.setattr(checks, "memory_bytes", lambda: 2**30)
+    X = np.zeros((4_000_000, 10), np.float32)
+    checks.training_memory("train", (X, X[:, 0]))  # 46 floats a row: 0.69 GiB
+    with pytest.raises(ValueError, match=r"train=\(4000000, 10\) needs 1.16 GiB"):
+        checks.training_memory("train", (X, X[:, 0]), host_devices=8)  # 78 floats a row
+
+    class Table:  # a DataFrame-like: 2-D, without a dtype
+        shape = (4_000_000, 10)
+
+    with pytest.raises(TypeError, match="train X must be an array, got Table"):
+        jaxlin.fit(jaxlin.init_params(KEY, 10), (Table(), X[:, 0]), key=KEY)
+
+
 def test_config_is_frozen_hashable_and_canonical():
     a = jaxlin.TrainConfig(lr=jnp.float32(0.5), max_epochs=np.int64(2))
     assert a == jaxlin.TrainConfig(lr=0.5, max_epochs=2) and hash(a) == hash(

@@ -550,30 +550,35 @@ def _write_shards(
 
 NEW_INFIX = ".jaxlin-new-"  # ".NAME.jaxlin-new-XXXXXXXX": a dataset being written beside NAME
 OLD_INFIX = ".jaxlin-old-"  # ".NAME.jaxlin-old-XXXXXXXX": NAME's old dataset, set aside by a swap
+DEL_INFIX = ".jaxlin-del-"  # ".NAME.jaxlin-del-XXXXXXXX": the old dataset once the new one is in
 
 
 def _remove_leftovers(target: Path) -> None:
     """Finish what killed ``generate_shards`` runs into ``target`` left, and only that.
 
     A new dataset's folder (its run died while writing it) is removed. An old
-    dataset's folder (its run died while swapping the new one in) is put back
-    as ``target`` if the new one never arrived, else its dataset files are
-    removed, as the swap would have. Either is touched only when no live run
-    holds its lock.
+    dataset set aside (its run died while swapping the new one in) is whole:
+    it is put back as ``target`` if the new one never arrived, else its
+    dataset files are removed, as the swap would have. An old dataset being
+    deleted (its run died after the swap) has its remaining dataset files
+    removed. Each is touched only when no live run holds its lock.
     """
     if not target.parent.is_dir():
         return
     name = re.escape(target.name)
-    new = re.compile(rf"\.{name}{re.escape(NEW_INFIX)}[0-9a-f]{{8}}")
-    old = re.compile(rf"\.{name}{re.escape(OLD_INFIX)}[0-9a-f]{{8}}")
+    marker = re.compile(rf"\.{name}(\.jaxlin-(?:new|old|del)-)[0-9a-f]{{8}}")
     with os.scandir(target.parent) as entries:
         found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
     for entry, is_dir in found:
-        path = str(target.parent / entry)
-        if is_dir and new.fullmatch(entry):
+        match, path = marker.fullmatch(entry), str(target.parent / entry)
+        if not is_dir or match is None:
+            continue
+        if match[1] == NEW_INFIX:
             remove_if_abandoned(path, lambda p: shutil.rmtree(p, ignore_errors=True))
-        elif is_dir and old.fullmatch(entry):
+        elif match[1] == OLD_INFIX:
             remove_if_abandoned(path, lambda p: _finish_swap(Path(p), target))
+        else:
+            remove_if_abandoned(path, lambda p: _remove_old(Path(p)))
 
 
 def _finish_swap(old: Path, target: Path) -> None:
@@ -600,15 +605,17 @@ def _swap_in(new: Path, target: Path) -> None:
     """Rename the complete ``new`` folder to ``target``; an old ``target`` is removed after.
 
     The old folder is renamed aside first (and back, if the second rename
-    fails), locked until its dataset files are deleted: a run killed in
-    between leaves it for the next run to finish (``_remove_leftovers``).
+    fails), then, once the new one is in, renamed again to be deleted; it is
+    locked throughout, and a run killed in between leaves it for the next run
+    to finish (``_remove_leftovers``): whole, or partly deleted, by its name.
     """
     if not target.exists():
         os.rename(new, target)
         fsync_folder(target.parent)
         return
     os.chmod(new, stat.S_IMODE(target.stat().st_mode))
-    old = target.parent / f".{target.name}{OLD_INFIX}{secrets.token_hex(4)}"
+    token = secrets.token_hex(4)
+    old = target.parent / f".{target.name}{OLD_INFIX}{token}"
     with locked(target):  # the lock is the folder's: it moves with it to `old`
         os.rename(target, old)
         try:
@@ -617,7 +624,9 @@ def _swap_in(new: Path, target: Path) -> None:
             os.rename(old, target)
             raise
         fsync_folder(target.parent)
-        _remove_old(old)
+        gone = target.parent / f".{target.name}{DEL_INFIX}{token}"
+        os.rename(old, gone)  # the new dataset is in: the old one is only to be deleted
+        _remove_old(gone)
 
 
 def generate_shards(
