@@ -212,8 +212,8 @@ except ValueError as err:
 disk_folder.cleanup()
 
 # %% [markdown]
-# `w` itself stays small next to the data (at most megabytes, while the
-# datasets are terabytes to petabytes), so the model and its gradient fit in
+# `w` itself stays small next to the data (at most megabytes, while a billion
+# examples of the wider rows are terabytes to petabytes), so the model and its gradient fit in
 # memory long after the data do not. What a large `d` changes is the size of
 # everything counted in rows: a minibatch, a block of minibatches, and a chunk
 # of `generate_shards` hold `d + 1` numbers per row, so blocks must be chosen

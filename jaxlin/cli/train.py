@@ -183,10 +183,11 @@ def check_engine_flags(args) -> None:
 def floats_per_row(d: int, host_devices: int = 1) -> int:
     """Floats held at the peak of a run per example of ``d`` features: the draw and its
     splits, the epoch's shuffled copy and the compiled programs' temporaries (about six
-    copies of ``X``), and on ``host_devices`` > 1 CPU devices each one's copies of the
-    order and the batches (measured as peak RSS over rows: d from 2 to 50; d = 2 and
-    10 on 2, 4 and 8 host devices)."""
-    return 6 * d + 5 + (4 * host_devices if host_devices > 1 else 0)
+    copies of ``X``; measured as peak RSS over rows for d from 2 to 50), and what
+    ``host_devices`` CPU devices add (``checks.host_device_floats``)."""
+    from jaxlin.checks import host_device_floats
+
+    return 6 * d + 5 + host_device_floats(host_devices)
 
 
 def check_sizes(args) -> None:

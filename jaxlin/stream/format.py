@@ -566,7 +566,8 @@ def _remove_leftovers(target: Path) -> None:
     if not target.parent.is_dir():
         return
     name = re.escape(target.name)
-    marker = re.compile(rf"\.{name}(\.jaxlin-(?:new|old|del)-)[0-9a-f]{{8}}")
+    infixes = "|".join(map(re.escape, (NEW_INFIX, OLD_INFIX, DEL_INFIX)))
+    marker = re.compile(rf"\.{name}({infixes})[0-9a-f]{{8}}")
     with os.scandir(target.parent) as entries:
         found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
     for entry, is_dir in found:
