@@ -210,10 +210,18 @@ def startup_section(path: Path, dates: Dates) -> list[str]:
         " s (compiling included). In a warm process, `fit` took "
         f"{ms(driver['fit_s'])} against {ms(driver['program_s'])} for its compiled program "
         f"alone, `jax.jit(make_train(config))` ({driver['ratio']:.2f}x, alternated, "
-        f"{driver['rounds']} rounds).",
+        f"{driver['rounds']} rounds{_across(driver)}).",
         "",
     ]
     return out
+
+
+def _across(driver: dict) -> str:
+    """How the driver's ratio varied over processes, when it was measured in several."""
+    if "ratios" not in driver:
+        return ""
+    low, high = min(driver["ratios"]), max(driver["ratios"])
+    return f" in each of {driver['processes']} processes, the median of {low:.2f}-{high:.2f}"
 
 
 def sweep_section(path: Path, dates: Dates) -> list[str]:

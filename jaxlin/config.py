@@ -259,18 +259,53 @@ def _same(checked, given) -> bool:
     return all(a is b for a, b in zip(checked, given, strict=True))
 
 
-_CHECKED: dict[tuple, tuple] = {}  # checked_run's memo: identities -> weak references
+def prepared(params, train, val, key, config: TrainConfig) -> dict | None:
+    """What drivers keep for a run of these exact, already checked arrays, or ``None``.
+
+    A dict that lives as long as ``checked_run`` remembers the arrays (the
+    same objects, all alive): a driver stores there what it built from them
+    (its program and device arguments), so that a call again on the same
+    arrays is the compiled call and little else. ``None`` when the arrays are
+    not (or no longer) remembered: the caller runs ``checked_run`` first.
+    """
+    if type(params) is not dict or type(train) is not tuple or len(train) != 2:
+        return None  # _arrays' containers: nothing else is remembered
+    w, b = params.get("w"), params.get("b")
+    if val is None:
+        ids = (id(w), id(b), id(train[0]), id(train[1]), id(key), id(config))
+    elif type(val) is tuple and len(val) == 2:
+        ids = (
+            id(w),
+            id(b),
+            id(train[0]),
+            id(train[1]),
+            id(val[0]),
+            id(val[1]),
+            id(key),
+            id(config),
+        )
+    else:
+        return None
+    # An id in the memo is a live object's (an entry goes when one of its objects dies),
+    # so equal ids are the very objects that were checked.
+    entry = _CHECKED.get(ids)
+    return None if entry is None else entry[1]
+
+
+# checked_run's memo: identities -> (weak references, what drivers prepared for them)
+_CHECKED: dict[tuple, tuple[tuple, dict]] = {}
 
 
 def _remember(objects: tuple) -> None:
     """Keep ``objects``' identities as checked, until one of them is freed.
 
     The entry goes when any of them dies (a weak reference's callback), before
-    its id can be given to another object.
+    its id can be given to another object; what drivers prepared goes with it.
     """
     memo_key = tuple(map(id, objects))
 
     def forget(_, memo_key=memo_key):
         _CHECKED.pop(memo_key, None)
 
-    _CHECKED[memo_key] = tuple(weakref.ref(o, forget) for o in objects if o is not None)
+    refs = tuple(weakref.ref(o, forget) for o in objects if o is not None)
+    _CHECKED[memo_key] = (refs, {})

@@ -173,10 +173,19 @@ def fit(
     """
     if checks.is_traced(lr):  # the arrays are checked with the data, below
         configs.refuse_traced("jaxlin.fit", lr)
-    config = configs.make_config(
-        config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
-        gradient_clip_val=gradient_clip_val, engine=engine,
-    )  # fmt: skip
+    if (config is None and lr is None and max_epochs is None and batch_size is None
+            and shuffle is None and gradient_clip_val is None and engine is None):  # fmt: skip
+        config = configs.DEFAULT  # the lecture's run, as make_config gives it
+    else:
+        config = configs.make_config(
+            config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
+            gradient_clip_val=gradient_clip_val, engine=engine,
+        )  # fmt: skip
+    whole = callback is None and type(start_epoch) is int and not start_epoch
+    kept = configs.prepared(params, train, val, key, config) if whole else None
+    if kept is not None and "fit" in kept:  # these arrays passed every check before
+        return kept["fit"](params, train, val, key)
+    given = (params, train, val, key, config)  # as the memo knows them
     (X, y), val, _, key = configs.checked_run("jaxlin.fit", params, train, val, config, key)
     if type(start_epoch) is not int or start_epoch:  # 0 needs no check
         start_epoch = checks.nonnegative_int("start_epoch", start_epoch)
@@ -187,6 +196,10 @@ def fit(
 
     has_val = val is not None
     if config.engine in ("scan", "affine"):
+        if whole and kept is None:  # checked_run has just remembered these arrays
+            kept = configs.prepared(*given)
+            if kept is not None:
+                kept["fit"] = _whole_run(config, X.dtype, has_val)
         run = _compiled_run(config, X.dtype, X, y, val, key)
         if callback is None:  # the whole run: one compiled call, read once
             return read_run(run(params, start_epoch, config.max_epochs - start_epoch),
@@ -221,6 +234,26 @@ def _compiled_run(config: TrainConfig, dtype, X, y, val, key) -> Callable:
         return params, *read_record(record, count)
 
     return run
+
+
+def _whole_run(config: TrainConfig, dtype, has_val: bool) -> Callable:
+    """``fit``'s whole run of ``config`` as ``again(params, train, val, key)``, for arrays
+    that passed the checks: the program and its device scalars, bound once.
+
+    Holds no array of the run (``configs.prepared`` keeps it while they live).
+    """
+    program, count = _program(config, config.max_epochs), config.max_epochs
+    lr, clip = _rates(config, dtype)
+    first = epoch_scalar(0)
+    unused = None if config.shuffle else configs.placeholder_key()
+
+    def again(params, train, val, key):
+        params, record = program(
+            params, *train, val, key if unused is None else unused, first, lr, clip
+        )
+        return read_run((params, *read_record(record, count)), 0, config.lr, has_val)
+
+    return again
 
 
 def _program(config: TrainConfig, count: int) -> Callable:

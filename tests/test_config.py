@@ -277,6 +277,42 @@ def test_checks_of_the_same_arrays_are_remembered_only_while_they_cannot_change(
     assert alive() is None  # not held by what fit remembers
 
 
+@pytest.mark.parametrize(
+    "engine, shuffle, with_val", [("scan", True, True), ("scan", False, True),
+                                  ("scan", False, False), ("affine", True, True)],
+)  # fmt: skip
+def test_fit_again_on_the_same_arrays_is_the_same_run(key, engine, shuffle, with_val):
+    """A second fit on remembered arrays (its program bound once) gives what a fit of
+    fresh copies gives, for that call's own key and config; a divergence is still raised."""
+    s = jaxlin.synthetic_splits(key, num_train=50, num_val=10)
+    p0 = jaxlin.init_params(key, 2)
+    val = s.val if with_val else None
+    other = jax.random.key(7)
+
+    def run(params, train, val, key, **kw):
+        return jaxlin.fit(params, train, val, key=key, shuffle=shuffle, engine=engine, **kw)
+
+    def copies(tree):
+        return jax.tree.map(lambda a: a + 0, tree)
+
+    for k in (key, other, key):
+        twice = [run(p0, s.train, val, k) for _ in range(2)]
+        fresh = run(copies(p0), copies(s.train), copies(val), k)
+        for params, history in twice:
+            np.testing.assert_array_equal(params["w"], fresh[0]["w"])
+            np.testing.assert_array_equal(history.train_loss, fresh[1].train_loss)
+            assert (history.val_loss is None) == (val is None)
+            if val is not None:
+                np.testing.assert_array_equal(history.val_loss, fresh[1].val_loss)
+    if shuffle:
+        assert not np.array_equal(
+            run(p0, s.train, val, key)[0]["w"], run(p0, s.train, val, other)[0]["w"]
+        )
+    for _ in range(2):
+        with pytest.raises(jaxlin.TrainingDiverged, match="training diverged"):
+            run(p0, s.train, val, key, lr=1e30)
+
+
 def test_import_loads_nothing_and_every_name_on_first_use():
     """import jaxlin loads no JAX (the command installs its Ctrl-C handler first); a first
     fit loads neither plotting, checkpoints, sweeps nor the trajectory; each public name
