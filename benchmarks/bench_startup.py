@@ -180,10 +180,12 @@ def main() -> None:
     args = parser.parse_args()
     import jax
     import jaxlib
+    import ml_dtypes
 
     env = {
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
+        "ml_dtypes": ml_dtypes.__version__,  # its import is most of JAX's (pyproject.toml)
         "backend": jax.default_backend(),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),

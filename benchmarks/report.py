@@ -81,6 +81,7 @@ def made_by(script: str, path: Path, data: dict, dates: Dates) -> str:
         f"Made by `python benchmarks/{script}` on {dates(path, data)}: "
         f"{env.get('cpu', '?')}, {env.get('cores', '?')} cores, backend {env['backend']}; "
         f"Python {env.get('python', '?')}, jax {env['jax']}, jaxlib {env['jaxlib']}"
+        + (f", ml_dtypes {env['ml_dtypes']}" if env.get("ml_dtypes") else "")
     )
 
 

@@ -20,6 +20,7 @@ from jax.typing import ArrayLike
 
 from jaxlin import checks
 from jaxlin import config as configs
+from jaxlin.choices import COMPILED_ENGINES
 from jaxlin.config import TrainConfig
 from jaxlin.engines.compiled import device_scalar, epoch_scalar, epochs_program, read_record
 from jaxlin.model import Params, loss_fn
@@ -195,7 +196,7 @@ def fit(
             )
 
     has_val = val is not None
-    if config.engine in ("scan", "affine"):
+    if config.engine in COMPILED_ENGINES:
         if whole and kept is None:  # checked_run has just remembered these arrays
             kept = configs.prepared(*given)
             if kept is not None:
@@ -254,6 +255,27 @@ def _whole_run(config: TrainConfig, dtype, has_val: bool) -> Callable:
         return read_run((params, *read_record(record, count)), 0, config.lr, has_val)
 
     return again
+
+
+def compile_ahead(
+    config: TrainConfig, num_train: int, num_val: int, num_inputs: int, dtype, *, per_epoch: bool
+) -> None:
+    """Compile the program ``fit`` will run for data of these sizes, before the data exist.
+
+    For a process that knows its whole run from the start (the command line
+    compiles it in a second thread while the data are drawn): XLA compiles
+    without holding Python's lock, and ``fit`` then finds the program compiled.
+    ``per_epoch``: ``fit`` will be given a callback (one epoch per call).
+    """
+    shape = jax.ShapeDtypeStruct
+    params = {"w": shape((num_inputs, 1), dtype), "b": shape((1,), dtype)}
+    train = (shape((num_train, num_inputs), dtype), shape((num_train, 1), dtype))
+    val = (shape((num_val, num_inputs), dtype), shape((num_val, 1), dtype))
+    key = jax.eval_shape(jax.random.key, 0)  # a key's type: nothing computed
+    first, rate = shape((), np.int32), shape((), dtype)
+    count = 1 if per_epoch else config.max_epochs
+    clip = None if config.clip is None else rate
+    _program(config, count).lower(params, *train, val, key, first, rate, clip).compile()
 
 
 def _program(config: TrainConfig, count: int) -> Callable:

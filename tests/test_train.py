@@ -165,6 +165,29 @@ def test_scan_engine_never_recompiles(problem, key):
     assert n[0] == 0, "a later epoch recompiled"
 
 
+@pytest.mark.parametrize("per_epoch", [False, True])
+@pytest.mark.parametrize("clip", [0.0, 1.5])
+def test_compile_ahead_compiles_the_program_fit_then_runs(key, per_epoch, clip):
+    """compile_ahead, given only sizes, compiles what fit then calls: fit compiles nothing
+    more (while a fit of other sizes, never compiled ahead, does compile)."""
+    from jaxlin.trainer import compile_ahead
+
+    config = jaxlin.TrainConfig(max_epochs=2, batch_size=13, gradient_clip_val=clip)
+    s = jaxlin.synthetic_splits(key, [1.0, 2.0, 3.0], 0.5, num_train=41, num_val=9)
+    params = jaxlin.init_params(key, 3)
+    callback = (lambda end: None) if per_epoch else None
+    with count_compiles() as n:
+        compile_ahead(config, 41, 9, 3, jnp.result_type(float), per_epoch=per_epoch)
+    assert n[0] >= 1  # the program (and, first in a process, the compiler options' probe)
+    with count_compiles() as n:
+        jaxlin.fit(params, s.train, s.val, key=key, config=config, callback=callback)
+    assert n[0] == 0, "fit compiled its program again"
+    other = jaxlin.synthetic_splits(key, [1.0, 2.0, 3.0], 0.5, num_train=43, num_val=9)
+    with count_compiles() as n:
+        jaxlin.fit(params, other.train, other.val, key=key, config=config, callback=callback)
+    assert n[0] >= 1
+
+
 def _bad(**overrides):
     kd = jax.random.key(0)
     s = jaxlin.synthetic_splits(kd, num_train=20, num_val=5)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import os
 import re
 import shlex
+import threading
 import time
 
-from jaxlin.choices import ENGINES, ORDERS
+from jaxlin.choices import COMPILED_ENGINES, ENGINES, ORDERS
 from jaxlin.cli.common import (
     DEFAULT_CACHE,
     add_jax_flags,
@@ -297,7 +299,7 @@ def run(args) -> dict:
         except RuntimeError as err:  # JAX already started here (main() called in-process)
             raise ValueError(f"--devices {args.devices}: JAX has already started ({err})") from None
     only_stored = args.data is None and args.devices is None and args.plot_trajectory is None
-    configure_jax(args, store=only_stored and args.engine in ("scan", "affine"))
+    configure_jax(args, store=only_stored and args.engine in COMPILED_ENGINES)
     mesh = None if args.devices is None else data_parallel_mesh(args)
     if args.data is not None:  # shards on disk: jaxlin/cli/train_data.py
         from jaxlin.cli import train_data
@@ -306,6 +308,7 @@ def run(args) -> dict:
     import numpy as np
 
     import jaxlin
+    from jaxlin.engines import compiler
 
     interrupt.check("interrupted before training started; nothing saved")
     # Without a per-epoch callback the scan engine runs every epoch in one compiled call
@@ -313,7 +316,12 @@ def run(args) -> dict:
     per_epoch = (
         not args.quiet or args.checkpoint_dir is not None or args.engine in ("step", "eager")
     )
-    data, params, key_shuffle = setup(args)
+    ahead = None if compiler.storing() else compile_fit_ahead(args, per_epoch, mesh)
+    try:
+        data, params, key_shuffle = setup(args)
+    finally:  # never left compiling while the process ends
+        if ahead is not None:
+            ahead.join()
     initial = params
     interrupt.check("interrupted before training started; nothing saved")
     if args.checkpoint_dir is not None:  # what a second Ctrl-C, which exits at once, leaves
@@ -401,6 +409,38 @@ def write_trajectory(args, params, train, key, written: list[str]) -> None:
     jaxlin.plot.save_trajectory_plot(path, train, args.plot_trajectory, title=title)
     written.append(str(args.plot_trajectory))
     interrupt_of(args).saved = f"{', '.join(written)} written"
+
+
+def compile_fit_ahead(args, per_epoch: bool, mesh) -> threading.Thread | None:
+    """A thread compiling the program ``fit`` will run, while ``setup`` compiles the data's.
+
+    Both compiles then share the machine's cores instead of taking turns. Only
+    for the plain run (one device, no checkpoints) of a compiled engine, and
+    not while programs are stored on disk (the caller asks: the store loads or
+    compiles them itself). A failure here is left to ``fit``, which compiles
+    and reports as usual.
+    """
+    if mesh is not None or args.checkpoint_dir is not None or args.engine not in COMPILED_ENGINES:
+        return None
+
+    def compile_fit():
+        import jax
+
+        from jaxlin import config, trainer
+
+        with contextlib.suppress(Exception):
+            run = config.make_config(
+                lr=args.lr, max_epochs=args.epochs, batch_size=args.batch_size,
+                gradient_clip_val=args.clip, engine=args.engine,
+            )  # fmt: skip
+            dtype = jax.numpy.result_type(float)
+            trainer.compile_ahead(
+                run, args.num_train, args.num_val, len(args.w), dtype, per_epoch=per_epoch
+            )
+
+    thread = threading.Thread(target=compile_fit, name="jaxlin-compile-fit", daemon=True)
+    thread.start()
+    return thread
 
 
 def setup(args):

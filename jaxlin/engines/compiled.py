@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlin.choices import COMPILED_ENGINES
 from jaxlin.config import KEY_REQUIRED, TrainConfig
 from jaxlin.data import split_batches
 from jaxlin.engines import compiler
@@ -192,7 +193,7 @@ def make_train(config: TrainConfig) -> Callable:
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a jaxlin.TrainConfig, got {type(config).__name__}")
-    if config.engine not in ("scan", "affine"):
+    if config.engine not in COMPILED_ENGINES:
         raise ValueError(
             f"make_train compiles the run: config.engine must be 'scan' or 'affine', "
             f"got {config.engine!r}"

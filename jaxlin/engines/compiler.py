@@ -127,6 +127,12 @@ def store_programs(folder: Path | None) -> None:
         _STORE.append(ProgramStore(Path(folder)))
 
 
+def storing() -> bool:
+    """Whether a store is in use (``store_programs``): its programs are loaded or compiled
+    by the store, on their first call."""
+    return bool(_STORE)
+
+
 class ProgramStore:
     """Compiled executables on disk, one file per program and argument signature.
 
