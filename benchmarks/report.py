@@ -206,9 +206,17 @@ def startup_section(path: Path, dates: Dates) -> list[str]:
     out += table(["process", "time", "x the PyTorch script"], body)
     first, driver = data["first_fit"], data["driver"]
     out += [
-        f"In a fresh Python process, `import jaxlin` took {first['import_s']:.3g} s, then the "
+        "In a fresh Python process, `import jax` and `import jaxlin` took "
+        f"{first['import_s']:.3g} s, then the "
         f"lecture's data, initial parameters and first `fit` {first['data_params_first_fit_s']:.3g}"
-        " s (compiling included). In a warm process, `fit` took "
+        " s (compiling included)"
+        + (
+            f"; {first['jax_cache_s']:.3g} s with JAX's persistent compilation cache filled "
+            "([Compilation](engines.md#compilation) says how to turn it on)"
+            if "jax_cache_s" in first
+            else ""
+        )
+        + ". In a warm process, `fit` took "
         f"{ms(driver['fit_s'])} against {ms(driver['program_s'])} for its compiled program "
         f"alone, `jax.jit(make_train(config))` ({driver['ratio']:.2f}x, alternated, "
         f"{driver['rounds']} rounds{_across(driver)}).",
