@@ -268,7 +268,7 @@ def prepared(params, train, val, key, config: TrainConfig) -> dict | None:
     arrays is the compiled call and little else. ``None`` when the arrays are
     not (or no longer) remembered: the caller runs ``checked_run`` first.
     """
-    if type(params) is not dict or type(train) is not tuple or len(train) != 2:
+    if type(params) is not dict or len(params) != 2 or type(train) is not tuple or len(train) != 2:
         return None  # _arrays' containers: nothing else is remembered
     w, b = params.get("w"), params.get("b")
     if val is None:

@@ -260,8 +260,9 @@ def test_checks_of_the_same_arrays_are_remembered_only_while_they_cannot_change(
     bad_y = s.train[1].at[5].set(jnp.inf)  # a new array beside a remembered one
     with pytest.raises(ValueError, match=r"train y contains NaN or Inf values \(first at row 5\)"):
         jaxlin.fit(p0, (s.train[0], bad_y), key=key, max_epochs=1)
-    with pytest.raises(TypeError, match="params must be a dict with keys 'w' and 'b'"):
+    with pytest.raises(TypeError, match="params must be a dict with keys 'w' and 'b'") as err:
         jaxlin.fit({**p0, "extra": p0["b"]}, s.train, s.val, key=key, max_epochs=1)
+    assert "Tracer" not in str(err.value)  # refused by the checks, before any tracing
     with pytest.raises(ValueError, match="key is required when shuffle=True"):
         jaxlin.fit(p0, s.train, s.val, max_epochs=1)
     with pytest.raises(TypeError, match="shuffle must be True or False, got 1"):
