@@ -1,5 +1,7 @@
 """fit and the train step: against optax, closed form, each other; errors; no recompiles."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -322,6 +324,29 @@ def test_compiler_options_change_results_only_by_rounding(problem, key):
     ours = [*jax.tree.leaves(params), losses, val_losses]
     for a, b in zip(ours, jax.tree.leaves(plain(*args, **static)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_compiler_options_are_probed_once_when_threads_compile_at_once(monkeypatch):
+    """Threads that compile their first programs at once (the command line draws the data
+    while it compiles fit's program) probe XLA's options once between them, alike."""
+    import threading
+
+    from jaxlin.engines import compiler
+
+    monkeypatch.setattr(compiler, "_probe", functools.cache(compiler._probe.__wrapped__))
+    found, start = [], threading.Barrier(4)
+
+    def first_compile():
+        start.wait()
+        found.append(compiler.options())
+
+    with count_compiles() as n:
+        threads = [threading.Thread(target=first_compile) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert n[0] <= 1 and len(found) == 4 and all(f == found[0] for f in found)
 
 
 def _divergence(engine, callback, lr, **kw):

@@ -26,6 +26,7 @@ import os
 import pickle
 import platform
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -36,9 +37,19 @@ import numpy as np
 FAST_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 
 
-@functools.cache
 def options() -> dict:
-    """``FAST_COMPILE`` when this XLA accepts it, else ``{}`` (probed once)."""
+    """``FAST_COMPILE`` when this XLA accepts it, else ``{}`` (probed once per process,
+    even when two threads compile at once)."""
+    with _PROBING:
+        return dict(_probe())
+
+
+_PROBING = threading.Lock()
+
+
+@functools.cache
+def _probe() -> dict:
+    """Compile a tiny program with ``FAST_COMPILE``: the options if XLA accepts them."""
     try:
         probe = jax.jit(lambda x: x + 1, compiler_options=FAST_COMPILE)
         probe.lower(np.zeros((), np.float32)).compile()
