@@ -184,8 +184,9 @@ def fit(
         )  # fmt: skip
     whole = callback is None and type(start_epoch) is int and not start_epoch
     kept = configs.prepared(params, train, val, key, config) if whole else None
-    if kept is not None and "fit" in kept:  # these arrays passed every check before
-        return kept["fit"](params, train, val, key)
+    again = None if kept is None else kept.get(("fit", jax.config.jax_enable_x64))
+    if again is not None:  # these arrays passed every check before, in this x64 mode
+        return again(params, train, val, key)
     given = (params, train, val, key, config)  # as the memo knows them
     (X, y), val, _, key = configs.checked_run("jaxlin.fit", params, train, val, config, key)
     if type(start_epoch) is not int or start_epoch:  # 0 needs no check
@@ -197,10 +198,9 @@ def fit(
 
     has_val = val is not None
     if config.engine in COMPILED_ENGINES:
-        if whole and kept is None:  # checked_run has just remembered these arrays
-            kept = configs.prepared(*given)
-            if kept is not None:
-                kept["fit"] = _whole_run(config, X.dtype, has_val)
+        kept = configs.prepared(*given) if whole else None  # None: not remembered
+        if kept is not None:
+            kept["fit", jax.config.jax_enable_x64] = _whole_run(config, X.dtype, has_val)
         run = _compiled_run(config, X.dtype, X, y, val, key)
         if callback is None:  # the whole run: one compiled call, read once
             return read_run(run(params, start_epoch, config.max_epochs - start_epoch),
@@ -241,18 +241,20 @@ def _whole_run(config: TrainConfig, dtype, has_val: bool) -> Callable:
     """``fit``'s whole run of ``config`` as ``again(params, train, val, key)``, for arrays
     that passed the checks: the program and its device scalars, bound once.
 
-    Holds no array of the run (``configs.prepared`` keeps it while they live).
+    Holds no array of the run and not ``config`` (``configs.prepared`` keeps it
+    while they all live, the config among them).
     """
     program, count = _program(config, config.max_epochs), config.max_epochs
     lr, clip = _rates(config, dtype)
     first = epoch_scalar(0)
     unused = None if config.shuffle else configs.placeholder_key()
+    lr_value = config.lr  # for a divergence's message
 
     def again(params, train, val, key):
         params, record = program(
             params, *train, val, key if unused is None else unused, first, lr, clip
         )
-        return read_run((params, *read_record(record, count)), 0, config.lr, has_val)
+        return read_run((params, *read_record(record, count)), 0, lr_value, has_val)
 
     return again
 

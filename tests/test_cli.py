@@ -169,6 +169,48 @@ def test_plot_trajectory_writes_the_path_and_needs_two_features(tmp_path, capsys
     assert "--plot-trajectory" in err and "2 features" in err and err.count("\n") == 1
 
 
+def test_train_compiles_fits_program_while_it_draws_the_data(monkeypatch, capsys):
+    """Without a program store (--no-cache), jaxlin train compiles fit's program in a second
+    thread while it draws the data: fit itself then compiles nothing, for the whole run
+    (--quiet) and for the per-epoch one alike."""
+    from conftest import count_compiles
+
+    import jaxlin
+
+    fit, compiles = jaxlin.fit, []
+
+    def counted(*args, **kwargs):
+        with count_compiles() as n:
+            out = fit(*args, **kwargs)
+        compiles.append(n[0])
+        return out
+
+    monkeypatch.setattr(jaxlin, "fit", counted)
+    for quiet in (["--quiet"], []):  # sizes no other test trains on: nothing compiled before
+        assert main(["train", "--num-train", "77", "--num-val", "13", "--no-cache", *quiet]) == 0
+    capsys.readouterr()
+    assert compiles == [0, 0]
+
+
+def test_no_cache_writes_no_cache_where_jax_variables_ask_for_one(tmp_path):
+    """--no-cache turns JAX's persistent compilation cache off for the run, even where the
+    environment turns it on for every JAX process (the docs show how)."""
+    folder = tmp_path / "jax"
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": str(folder),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    argv = ["train", "--quiet", "--num-train", "64", "--num-val", "16"]
+    for flags in (["--no-cache"], ["--no-cache", "--engine", "step"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxlin", *argv, *flags],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not folder.exists() or not any(folder.iterdir())
+
+
 def test_a_second_run_loads_its_programs_and_gives_the_same_result(tmp_path):
     """jaxlin train compiles at most 4 programs; with its cache, the next run compiles none
     (the stored executables are loaded) and writes the same results, bit for bit, as a run

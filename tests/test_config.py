@@ -296,11 +296,15 @@ def test_fit_again_on_the_same_arrays_is_the_same_run(key, engine, shuffle, with
     def copies(tree):
         return jax.tree.map(lambda a: a + 0, tree)
 
+    config = jaxlin.config.make_config(shuffle=shuffle, engine=engine)  # what fit makes
     for k in (key, other, key):
         twice = [run(p0, s.train, val, k) for _ in range(2)]
+        kept = jaxlin.config.prepared(p0, s.train, val, k, config)
+        assert ("fit", jax.config.jax_enable_x64) in kept  # the second call was the bound run
         fresh = run(copies(p0), copies(s.train), copies(val), k)
         for params, history in twice:
             np.testing.assert_array_equal(params["w"], fresh[0]["w"])
+            np.testing.assert_array_equal(params["b"], fresh[0]["b"])
             np.testing.assert_array_equal(history.train_loss, fresh[1].train_loss)
             assert (history.val_loss is None) == (val is None)
             if val is not None:
@@ -312,6 +316,25 @@ def test_fit_again_on_the_same_arrays_is_the_same_run(key, engine, shuffle, with
     for _ in range(2):
         with pytest.raises(jaxlin.TrainingDiverged, match="training diverged"):
             run(p0, s.train, val, key, lr=1e30)
+
+
+def test_what_fit_remembers_goes_with_its_config(key):
+    """A JAX scalar lr makes a new config on every call: what fit bound for it goes when
+    that config does, so a loop of such calls keeps nothing per call."""
+    import gc
+
+    s = jaxlin.synthetic_splits(key, num_train=32, num_val=8)
+    p0 = jaxlin.init_params(key, 2)
+
+    def configs_alive():
+        gc.collect()
+        return sum(isinstance(o, jaxlin.TrainConfig) for o in gc.get_objects())
+
+    jaxlin.fit(p0, s.train, s.val, key=key, lr=jnp.float32(0.05), max_epochs=1)
+    before = configs_alive()
+    for _ in range(5):
+        jaxlin.fit(p0, s.train, s.val, key=key, lr=jnp.float32(0.05), max_epochs=1)
+    assert configs_alive() == before
 
 
 def test_import_loads_nothing_and_every_name_on_first_use():

@@ -259,7 +259,8 @@ def configure_jax(args, *, store: bool = False) -> None:
 
     use_store = store and not args.no_cache  # loaded, not traced, next time
     compiler.store_programs(args.cache_dir / PROGRAMS if use_store else None)
-    if args.no_cache:
+    if args.no_cache:  # JAX's own cache too, even if its variables are set around us
+        jax.config.update("jax_enable_compilation_cache", False)
         return
     try:
         args.cache_dir.mkdir(parents=True, exist_ok=True)

@@ -316,9 +316,10 @@ def run(args) -> dict:
     per_epoch = (
         not args.quiet or args.checkpoint_dir is not None or args.engine in ("step", "eager")
     )
+    inputs = lecture_inputs(args)  # refused here, before anything compiles
     ahead = None if compiler.storing() else compile_fit_ahead(args, per_epoch, mesh)
     try:
-        data, params, key_shuffle = setup(args)
+        data, params, key_shuffle = setup(args, inputs)
     finally:  # never left compiling while the process ends
         if ahead is not None:
             ahead.join()
@@ -443,25 +444,33 @@ def compile_fit_ahead(args, per_epoch: bool, mesh) -> threading.Thread | None:
     return thread
 
 
-def setup(args):
-    """The lecture's data, initial parameters and shuffle key from ``--seed``, as one program.
-
-    Drawn function by function, the keys, the data and the initial weights are
-    three compiles; jitted together, one. The library's checks run first, on
-    the host, and the values are the library's, bit for bit (tested).
-    """
-    import jax
-    import numpy as np
-
+def lecture_inputs(args) -> tuple:
+    """``(w, b, sizes, noise, sigma)`` for ``setup``: the library's checks of the flags."""
     from jaxlin import checks
-    from jaxlin.data import Splits, draw, splits_args
-    from jaxlin.engines import compiler
-    from jaxlin.model import draw_params
+    from jaxlin.data import splits_args
 
     w, b, sizes, noise = splits_args(
         args.w, args.b, num_train=args.num_train, num_val=args.num_val, noise=args.noise
     )
-    sigma = checks.finite_float("sigma", args.sigma, nonnegative=True)
+    return w, b, sizes, noise, checks.finite_float("sigma", args.sigma, nonnegative=True)
+
+
+def setup(args, inputs: tuple | None = None):
+    """The lecture's data, initial parameters and shuffle key from ``--seed``, as one program.
+
+    Drawn function by function, the keys, the data and the initial weights are
+    three compiles; jitted together, one. The library's checks run first, on
+    the host (``lecture_inputs``, unless given), and the values are the
+    library's, bit for bit (tested).
+    """
+    import jax
+    import numpy as np
+
+    from jaxlin.data import Splits, draw
+    from jaxlin.engines import compiler
+    from jaxlin.model import draw_params
+
+    w, b, sizes, noise, sigma = lecture_inputs(args) if inputs is None else inputs
 
     # LLVM at -O1: the same bits as the defaults, and a quicker compile of the
     # normal sampler's large code (-O0 changes the draws in the last bit). The
