@@ -477,7 +477,7 @@ def main() -> None:
     import ml_dtypes
 
     env["jaxlib"] = jaxlib.__version__
-    env["ml_dtypes"] = ml_dtypes.__version__  # its import is most of JAX's (pyproject.toml)
+    env["ml_dtypes"] = ml_dtypes.__version__  # its import is part of JAX's (pyproject.toml)
     print("environment:", json.dumps(env))
     gbps = bandwidth_gbps()
     one_core = one_core_gbps()

@@ -210,7 +210,7 @@ def main() -> None:
     env = {
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
-        "ml_dtypes": ml_dtypes.__version__,  # its import is most of JAX's (pyproject.toml)
+        "ml_dtypes": ml_dtypes.__version__,  # its import is part of JAX's (pyproject.toml)
         "backend": jax.default_backend(),
         "cpu": cpu_name(),
         "cores": os.cpu_count(),

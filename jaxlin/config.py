@@ -231,19 +231,26 @@ def checked_run(
 def _arrays(params, train, val, key, config) -> tuple | None:
     """The objects ``checked_run`` reads, or ``None`` unless each is a JAX array in the
     usual containers (a tracer is never remembered: it is refused before anything is)."""
-    if type(params) is not dict or len(params) != 2 or type(train) is not tuple:
-        return None
-    if len(train) != 2 or not (val is None or (type(val) is tuple and len(val) == 2)):
-        return None  # refused by the checks
-    if val is None:
-        objects = (params.get("w"), params.get("b"), *train, key, config)
-    elif type(val) is tuple:
-        objects = (params.get("w"), params.get("b"), *train, *val, key, config)
-    else:
+    objects = _objects(params, train, val, key, config)
+    if objects is None:
         return None
     types = set(map(type, objects[:-1]))  # numpy arrays can change: never remembered
     types.discard(type(None))  # no key
     return objects if types <= _ARRAY_TYPES else None
+
+
+def _objects(params, train, val, key, config) -> tuple | None:
+    """``(w, b, X, y, [val X, val y,] key, config)``, or ``None`` unless in the usual
+    containers (anything else is refused by the checks, or checked every time)."""
+    if type(params) is not dict or len(params) != 2 or type(train) is not tuple:
+        return None
+    if len(train) != 2:
+        return None
+    if val is None:
+        return (params.get("w"), params.get("b"), *train, key, config)
+    if type(val) is tuple and len(val) == 2:
+        return (params.get("w"), params.get("b"), *train, *val, key, config)
+    return None
 
 
 # The concrete JAX array types met so far (an array's and a typed key's; learned from
@@ -268,26 +275,12 @@ def prepared(params, train, val, key, config: TrainConfig) -> dict | None:
     arrays is the compiled call and little else. ``None`` when the arrays are
     not (or no longer) remembered: the caller runs ``checked_run`` first.
     """
-    if type(params) is not dict or len(params) != 2 or type(train) is not tuple or len(train) != 2:
-        return None  # _arrays' containers: nothing else is remembered
-    w, b = params.get("w"), params.get("b")
-    if val is None:
-        ids = (id(w), id(b), id(train[0]), id(train[1]), id(key), id(config))
-    elif type(val) is tuple and len(val) == 2:
-        ids = (
-            id(w),
-            id(b),
-            id(train[0]),
-            id(train[1]),
-            id(val[0]),
-            id(val[1]),
-            id(key),
-            id(config),
-        )
-    else:
+    objects = _objects(params, train, val, key, config)
+    if objects is None:
         return None
     # An id in the memo is a live object's (an entry goes when one of its objects dies),
     # so equal ids are the very objects that were checked.
+    ids = tuple(map(id, objects))
     entry = _CHECKED.get(ids)
     return None if entry is None else entry[1]
 

@@ -174,14 +174,10 @@ def fit(
     """
     if checks.is_traced(lr):  # the arrays are checked with the data, below
         configs.refuse_traced("jaxlin.fit", lr)
-    if (config is None and lr is None and max_epochs is None and batch_size is None
-            and shuffle is None and gradient_clip_val is None and engine is None):  # fmt: skip
-        config = configs.DEFAULT  # the lecture's run, as make_config gives it
-    else:
-        config = configs.make_config(
-            config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
-            gradient_clip_val=gradient_clip_val, engine=engine,
-        )  # fmt: skip
+    config = configs.make_config(
+        config, lr=lr, max_epochs=max_epochs, batch_size=batch_size, shuffle=shuffle,
+        gradient_clip_val=gradient_clip_val, engine=engine,
+    )  # fmt: skip
     whole = callback is None and type(start_epoch) is int and not start_epoch
     kept = configs.prepared(params, train, val, key, config) if whole else None
     again = None if kept is None else kept.get(("fit", jax.config.jax_enable_x64))
